@@ -1,0 +1,349 @@
+"""Sample-level metrics, and the registry through which an eval suite names them.
+
+The uniform signature
+---------------------
+Every registered metric is called the same way, one sample at a time::
+
+    result = metric(prediction, references, **options)
+
+- `prediction`: what the suite's extractor returned for the sample (`glmlab.eval.extract`): a str
+  ("text", "choice", "yes_no"), a float ("number"), a dict ("json"), or None when extraction found
+  nothing. None scores 0 (field_f1: every reference field missed).
+- `references`: the acceptable answers, a list (a lone str or dict is taken as a one-item list).
+  Several references mean "any of these" (the best score counts), except in `vqa_accuracy`, where
+  they are the human answers that vote.
+- `options`: keyword-only settings of that metric, from the suite YAML (`threshold=0.5`) or, for
+  per-sample ones such as medical_vqa's `question_type`, from the data row. A misspelt option is a
+  TypeError, never silently ignored.
+- The result is a float in [0, 1], or, for the structured metrics (`field_f1`, `medical_vqa`), a
+  dataclass whose `.score` float is the sample's number and whose other fields carry what the
+  corpus-level numbers need. `sample_score(result)` gives the float for either kind.
+
+A run's results are summarised with `aggregate_metric(name, results)` -> dict[str, float]: the mean
+for plain metrics, micro-averaged P/R/F1 for field_f1, per-bucket numbers for medical_vqa.
+`bootstrap_ci` and `paired_bootstrap_pvalue` (from `glmlab.eval.stats`) put error bars on a mean.
+
+A user metric joins the registry with `@register_metric("name")` (plus `aggregate=` if a mean is
+not the right summary) and is then usable from a suite like the built-in ones.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rapidfuzz.distance import Levenshtein
+
+from glmlab.errors import ConfigError, InputError
+from glmlab.eval.extract import extract_choice, extract_yes_no
+from glmlab.eval.fields import FieldScores, aggregate_field_scores, score_fields
+from glmlab.eval.stats import bootstrap_ci, paired_bootstrap_pvalue
+from glmlab.eval.vqa_normalize import normalize_vqa_answer
+
+__all__ = [
+    "AGGREGATORS",
+    "METRICS",
+    "MedicalVQAScore",
+    "aggregate_medical_vqa",
+    "aggregate_metric",
+    "anls",
+    "bootstrap_ci",
+    "exact_match",
+    "field_f1",
+    "get_metric",
+    "medical_vqa",
+    "normalize_text",
+    "paired_bootstrap_pvalue",
+    "register_metric",
+    "relaxed_accuracy",
+    "sample_score",
+    "vqa_accuracy",
+]
+
+MetricFn = Callable[..., Any]
+Aggregator = Callable[[list[Any]], dict[str, float]]
+METRICS: dict[str, MetricFn] = {}
+AGGREGATORS: dict[str, Aggregator] = {}
+
+_THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_PLAIN_NUMBER_RE = re.compile(r"^[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)$")
+_TOKEN_RE = re.compile(r"[\u3400-\u9fff]|[^\s\u3400-\u9fff]+")  # each CJK character is one token
+_CLOSED_TYPES = ("closed", "yes_no", "choice")
+_OPEN_TYPES = ("open",)
+_YES_NO_WORDS = {"yes", "no", "true", "false", "是", "否", "有", "没有", "无", "不是"}
+
+
+def register_metric(
+    name: str, *, aggregate: Aggregator | None = None, replace: bool = False
+) -> Callable[[MetricFn], MetricFn]:
+    """Decorator registering a metric under `name` (and optionally how to summarise a run of it).
+
+    Registering a taken name is a ConfigError unless `replace=True`, so a user metric cannot
+    silently shadow a built-in one.
+    """
+
+    def decorator(fn: MetricFn) -> MetricFn:
+        if name in METRICS and not replace:
+            taken = f"{METRICS[name].__module__}.{METRICS[name].__qualname__}"
+            raise ConfigError(
+                f"metric {name!r}: already registered ({taken}). "
+                "Choose another name, or pass replace=True to override it on purpose."
+            )
+        METRICS[name] = fn
+        if aggregate is not None:
+            AGGREGATORS[name] = aggregate
+        else:
+            AGGREGATORS.pop(name, None)
+        return fn
+
+    return decorator
+
+
+def get_metric(name: str) -> MetricFn:
+    """The metric registered as `name`; ConfigError naming the known ones if there is none."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise ConfigError(
+            f"metric {name!r}: unknown metric. Known metrics: {', '.join(sorted(METRICS))}. "
+            "Use one of these, or register yours with @glmlab.eval.metrics.register_metric(name)."
+        ) from None
+
+
+def sample_score(result: Any) -> float:
+    """The float of one metric result: the number itself, or a structured result's `.score`."""
+    return float(getattr(result, "score", result))
+
+
+def aggregate_metric(name: str, results: list[Any]) -> dict[str, float]:
+    """Corpus-level numbers of one metric over a run: its aggregator, or {"mean": ...} by default."""
+    get_metric(name)
+    if not results:
+        raise InputError(f"metric {name!r}: no results to aggregate. Score at least one sample first.")
+    if name in AGGREGATORS:
+        return AGGREGATORS[name](results)
+    return {"mean": sum(sample_score(result) for result in results) / len(results)}
+
+
+def normalize_text(text: Any) -> str:
+    """Text as exact match compares it.
+
+    NFKC (full-width letters, digits and punctuation become half-width), case-folded, every
+    Unicode punctuation character (Chinese 。，、“”《》 included) replaced by a space except a decimal
+    point between digits, thousands commas removed ("1,000" == "1000"), whitespace collapsed.
+    """
+    text = unicodedata.normalize("NFKC", _as_text(text)).casefold()
+    text = _THOUSANDS_COMMA_RE.sub("", text)
+    kept = [
+        " " if unicodedata.category(char).startswith("P") and not _is_decimal_point(text, index) else char
+        for index, char in enumerate(text)
+    ]
+    return " ".join("".join(kept).split())
+
+
+@dataclass(frozen=True)
+class MedicalVQAScore:
+    """One medical VQA sample: its score and which bucket it belongs to ("closed" or "open")."""
+
+    score: float
+    bucket: str
+    question_type: str
+
+
+def aggregate_medical_vqa(results: list[MedicalVQAScore]) -> dict[str, float]:
+    """closed_accuracy and open_recall (means per bucket) with their sample counts.
+
+    A bucket with no samples reports only its count (0), not a mean of nothing.
+    """
+    summary: dict[str, float] = {}
+    for bucket, name in (("closed", "closed_accuracy"), ("open", "open_recall")):
+        scores = [result.score for result in results if result.bucket == bucket]
+        summary[f"{bucket}_count"] = len(scores)
+        if scores:
+            summary[name] = sum(scores) / len(scores)
+    return summary
+
+
+def _flat_field_report(results: list[FieldScores]) -> dict[str, float]:
+    report = aggregate_field_scores(results)
+    summary = {
+        "precision": report.overall.precision,
+        "recall": report.overall.recall,
+        "f1": report.overall.f1,
+        "samples": report.samples,
+        "unparsed": report.unparsed,
+    }
+    for name, counts in report.per_field.items():
+        summary.update(
+            {f"{name}/precision": counts.precision, f"{name}/recall": counts.recall, f"{name}/f1": counts.f1}
+        )
+    return summary
+
+
+@register_metric("exact_match")
+def exact_match(prediction: Any, references: Any) -> float:
+    """1.0 if the prediction equals any reference after `normalize_text`, else 0.0."""
+    if prediction is None:
+        return 0.0
+    answer = normalize_text(prediction)
+    return float(any(answer == normalize_text(ref) for ref in _as_references(references)))
+
+
+@register_metric("anls")
+def anls(prediction: Any, references: Any, *, threshold: float = 0.5) -> float:
+    """Average Normalized Levenshtein Similarity of one answer (DocVQA), best over the references.
+
+    Both sides are lowercased, stripped and whitespace-collapsed; NL = edit distance / length of
+    the longer string; the score is 1 - NL if NL < threshold, else 0. Two empty strings score 1,
+    an empty prediction against a non-empty reference 0. Distance by rapidfuzz.
+    """
+    answer = "" if prediction is None else _docvqa_normalize(_as_text(prediction))
+    best = 0.0
+    for ref in _as_references(references):
+        distance = Levenshtein.normalized_distance(answer, _docvqa_normalize(_as_text(ref)))
+        best = max(best, 1.0 - distance if distance < threshold else 0.0)
+    return best
+
+
+@register_metric("vqa_accuracy")
+def vqa_accuracy(prediction: Any, references: Any) -> float:
+    """VQAv2 accuracy: min(1, agreeing humans / 3), averaged over leave-one-out subsets.
+
+    Prediction and references are normalised as the official evaluation does
+    (`normalize_vqa_answer`). With n references, each is left out in turn and the prediction scores
+    min(1, matches among the other n - 1 / k), with k = min(3, n - 1); the n scores are averaged.
+    For the standard 10 answers k = 3, exactly the official metric (one matching human: 0.3, two:
+    0.6, three: 0.9, four or more: 1.0). Fewer references lower k so full agreement can still
+    score 1; a single reference is plain exact match. Unlike the official script, references are
+    always fully normalised (VQAv2's own answers already are, so its scores are unchanged).
+    """
+    refs = [normalize_vqa_answer(_as_text(ref)) for ref in _as_references(references)]
+    if prediction is None:
+        return 0.0
+    answer = normalize_vqa_answer(_as_text(prediction))
+    if len(refs) == 1:
+        return float(answer == refs[0])
+    needed = min(3, len(refs) - 1)
+    matches = sum(ref == answer for ref in refs)
+    # Leaving out a matching reference removes one match; leaving out another removes none.
+    per_subset = [min(1.0, (matches - (ref == answer)) / needed) for ref in refs]
+    return sum(per_subset) / len(per_subset)
+
+
+@register_metric("relaxed_accuracy")
+def relaxed_accuracy(prediction: Any, references: Any, *, tolerance: float = 0.05) -> float:
+    """ChartQA relaxed accuracy: numbers within `tolerance` relative error, other answers exactly.
+
+    If both sides parse as plain numbers ("1,234.5", "45%", a float; the percent sign is stripped,
+    not divided by 100), |pred - ref| / |ref| <= tolerance counts as correct; a reference of 0 needs
+    exactly 0. Otherwise the lowercased, stripped strings must be equal. Best over the references.
+    """
+    if prediction is None:
+        return 0.0
+    return float(any(_relaxed_match(prediction, ref, tolerance) for ref in _as_references(references)))
+
+
+@register_metric("field_f1", aggregate=_flat_field_report)
+def field_f1(
+    prediction: Any,
+    references: Any,
+    *,
+    field_kinds: dict[str, str] | None = None,
+    fields: list[str] | None = None,
+) -> FieldScores:
+    """Field-level TP/FP/FN of a JSON answer against a reference object (`glmlab.eval.fields`).
+
+    `prediction` is a dict, the raw answer text, or None; `references` one or more reference objects
+    (dicts or JSON strings); the best-F1 reference counts. `.score` is the sample's micro F1.
+    """
+    scored = [score_fields(prediction, ref, field_kinds, fields) for ref in _as_references(references)]
+    return max(scored, key=lambda result: result.f1)
+
+
+@register_metric("medical_vqa", aggregate=aggregate_medical_vqa)
+def medical_vqa(prediction: Any, references: Any, *, question_type: str = "open") -> MedicalVQAScore:
+    """Closed-question accuracy or open-question token recall (VQA-RAD, SLAKE, PathVQA; LLaVA-Med).
+
+    `question_type` "closed", "yes_no" or "choice" (any case) goes to the closed bucket: a yes/no
+    reference is compared with the prediction's `extract_yes_no` verdict, a single-letter reference
+    with its `extract_choice` letter, anything else by exact match after `normalize_text`. "open"
+    is scored by recall: the share of reference tokens (with multiplicity) that appear in the
+    prediction, after `normalize_text`; Chinese is tokenised per character. Best over references.
+    """
+    kind = question_type.lower()
+    if kind not in _CLOSED_TYPES + _OPEN_TYPES:
+        raise ConfigError(
+            f"question_type {question_type!r}: unknown. Use one of: {', '.join(_CLOSED_TYPES + _OPEN_TYPES)}."
+        )
+    bucket = "closed" if kind in _CLOSED_TYPES else "open"
+    refs = _as_references(references)
+    if prediction is None:
+        return MedicalVQAScore(0.0, bucket, kind)
+    score_one = _closed_score if bucket == "closed" else _token_recall
+    return MedicalVQAScore(max(score_one(_as_text(prediction), _as_text(ref)) for ref in refs), bucket, kind)
+
+
+def _closed_score(prediction: str, reference: str) -> float:
+    expected = normalize_text(reference)
+    if expected in _YES_NO_WORDS:
+        return float(extract_yes_no(prediction) == extract_yes_no(reference))
+    if len(expected) == 1 and expected in "abcde":
+        return float(extract_choice(prediction) == expected.upper())
+    return float(normalize_text(prediction) == expected)
+
+
+def _token_recall(prediction: str, reference: str) -> float:
+    wanted = _TOKEN_RE.findall(normalize_text(reference))
+    found = set(_TOKEN_RE.findall(normalize_text(prediction)))
+    if not wanted:
+        return float(not found)
+    return sum(token in found for token in wanted) / len(wanted)
+
+
+def _relaxed_match(prediction: Any, reference: Any, tolerance: float) -> bool:
+    predicted, expected = _plain_number(prediction), _plain_number(reference)
+    if predicted is not None and expected is not None:
+        if expected == 0:
+            return predicted == 0
+        return abs(predicted - expected) / abs(expected) <= tolerance
+    return _as_text(prediction).strip().lower() == _as_text(reference).strip().lower()
+
+
+def _plain_number(value: Any) -> float | None:
+    """A float from a number or from text that is only a number (optionally with a % sign)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = unicodedata.normalize("NFKC", _as_text(value)).strip().removesuffix("%").strip()
+    if not _PLAIN_NUMBER_RE.match(text):
+        return None
+    return float(text.replace(",", ""))
+
+
+def _docvqa_normalize(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def _is_decimal_point(text: str, index: int) -> bool:
+    return (
+        text[index] == "."
+        and 0 < index < len(text) - 1
+        and text[index - 1].isdigit()
+        and text[index + 1].isdigit()
+    )
+
+
+def _as_text(value: Any) -> str:
+    """A prediction or reference as text; integral floats lose their ".0" (45.0 -> "45")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _as_references(references: Any) -> list[Any]:
+    refs = [references] if isinstance(references, str | dict) else list(references)
+    if not refs:
+        raise InputError("references: empty list. Give each sample at least one reference answer.")
+    return refs
