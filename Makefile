@@ -1,0 +1,30 @@
+# glmlab: `make demo` and `make test` set everything up on a fresh machine with Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lab bench quality clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/glmlab demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lab: install
+	$(BIN)/jupyter lab notebooks
+
+quality: install
+	$(BIN)/ruff check glmlab tests eval
+	$(BIN)/ruff format --check glmlab tests eval
+
+clean:
+	rm -rf $(VENV) .pytest_cache

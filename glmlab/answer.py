@@ -1,0 +1,125 @@
+"""What a question gets back: the `Answer`, and the parsing of GLM-V output into its parts.
+
+GLM-V models write `<think>reasoning</think>answer` (GLM-4.5V/4.6V) or additionally wrap the answer in
+`<answer>...</answer>` (GLM-4.1V-Thinking), and mark grounding boxes with
+`<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` on a 0-1000 scale. Parsing is pure text work, shared by
+the local model, the client and the server, so all three agree on what "the answer" is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
+_BOX_RE = re.compile(re.escape(BOX_OPEN) + r"(.*?)" + re.escape(BOX_CLOSE), re.DOTALL)
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class Usage:
+    """Token counts of one answer; `image_tokens` is part of `prompt_tokens`."""
+
+    prompt_tokens: int = 0
+    image_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Timing:
+    """Wall-clock timings of one answer, in seconds (tokens per second for decode speed)."""
+
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    decode_tokens_per_s: float | None = None
+
+    @classmethod
+    def from_times(cls, start: float, first_token: float | None, end: float, completion_tokens: int) -> Timing:
+        """Decode speed follows `vllm bench serve`: (tokens - 1) / (end - first token)."""
+        ttft = None if first_token is None else first_token - start
+        speed = None
+        if first_token is not None and completion_tokens > 1 and end > first_token:
+            speed = (completion_tokens - 1) / (end - first_token)
+        return cls(ttft_s=ttft, total_s=end - start, decode_tokens_per_s=speed)
+
+
+@dataclass
+class Answer:
+    """One model answer: the final `text`, the `thinking` apart, and how it was produced."""
+
+    text: str
+    thinking: str | None = None
+    raw: str = ""
+    boxes: list[list[float]] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    timing: Timing = field(default_factory=Timing)
+    finish_reason: str = "stop"
+    model: str | None = None
+
+    @classmethod
+    def from_raw(cls, raw: str, **fields: Any) -> Answer:
+        """Build an Answer by parsing everything the model generated."""
+        thinking, text = split_thinking(raw)
+        return cls(text=strip_box_tags(text), thinking=thinking, raw=raw, boxes=parse_boxes(text), **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def split_thinking(raw: str) -> tuple[str | None, str]:
+    """Split generated text into (thinking, answer).
+
+    Handles `<think>..</think>answer`, a stray `</think>` whose opening tag was in the prompt, an
+    unclosed `<think>` (generation cut off while thinking: all of it is thinking, the answer is empty),
+    and GLM-4.1V's `<answer>..</answer>` wrapper.
+    """
+    thinking: str | None = None
+    text = raw
+    if THINK_CLOSE in text:
+        before, _, text = text.partition(THINK_CLOSE)
+        thinking = before.split(THINK_OPEN, 1)[-1]
+    elif THINK_OPEN in text:
+        before, _, thinking = text.partition(THINK_OPEN)
+        text = before
+    if ANSWER_OPEN in text:
+        text = text.split(ANSWER_OPEN, 1)[1].split(ANSWER_CLOSE, 1)[0]
+    elif ANSWER_CLOSE in text:
+        text = text.split(ANSWER_CLOSE, 1)[0]
+    thinking = thinking.strip() if thinking is not None else None
+    return (thinking or None), text.strip()
+
+
+def parse_boxes(text: str) -> list[list[float]]:
+    """Every grounding box in `text`, each [x1, y1, x2, y2] on the model's 0-1000 scale.
+
+    A box tag may hold one box `[x1,y1,x2,y2]` or several `[[..],[..]]`; malformed ones are skipped.
+    """
+    boxes = []
+    for inner in _BOX_RE.findall(text):
+        numbers = [float(n) for n in _NUMBER_RE.findall(inner)]
+        boxes.extend(numbers[i : i + 4] for i in range(0, len(numbers) - len(numbers) % 4, 4))
+    return [[int(v) if v.is_integer() else v for v in box] for box in boxes]
+
+
+def strip_box_tags(text: str) -> str:
+    return text.replace(BOX_OPEN, "").replace(BOX_CLOSE, "")
+
+
+def box_to_pixels(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """Map a 0-1000 box to pixel coordinates of a width x height image."""
+    x1, y1, x2, y2 = box
+    return (round(x1 / 1000 * width), round(y1 / 1000 * height), round(x2 / 1000 * width), round(y2 / 1000 * height))

@@ -1,0 +1,51 @@
+"""`glmlab ask IMAGE... -q QUESTION`: one question about images, from the shell."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+
+from glmlab.cli import app
+from glmlab.cli.common import clear_errors, quiet_transformers
+from glmlab.loading import DEFAULT_MODEL
+
+
+@app.command()
+def ask(
+    images: list[Path] = typer.Argument(None, help="Image, PDF or DICOM files (none for a text-only question)."),
+    question: str = typer.Option(..., "--question", "-q", help="The question to ask."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Hub id, local checkpoint folder, or 'tiny'."),
+    adapter: Path = typer.Option(None, help="A PEFT LoRA adapter folder to apply."),
+    system: str = typer.Option(None, help="System prompt."),
+    stream: bool = typer.Option(False, "--stream", help="Print the answer as it is generated."),
+    no_thinking: bool = typer.Option(False, "--no-thinking", help="Answer without thinking (/nothink)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the whole Answer (timing, usage) as JSON."),
+    max_new_tokens: int = typer.Option(None, help="Cap on generated tokens."),
+    temperature: float = typer.Option(None, help="Sampling temperature; 0 for greedy decoding."),
+    seed: int = typer.Option(None, help="Seed for reproducible sampling."),
+    max_image_pixels: int = typer.Option(None, help="Largest image area kept after resizing (latency lever)."),
+) -> None:
+    """Ask one question about images and print the answer."""
+    import glmlab
+
+    quiet_transformers()
+    gen = {k: v for k, v in dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).items()
+           if v is not None}
+    with clear_errors(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vlm = glmlab.load(model, adapter=adapter, max_image_pixels=max_image_pixels)
+        options = dict(system=system, thinking=False if no_thinking else None, **gen)
+        if stream:
+            streamed = vlm.stream(images or [], question, **options)
+            for piece in streamed:
+                typer.echo(piece, nl=False)
+            typer.echo()
+            answer = streamed.answer
+        else:
+            answer = vlm.ask(images or [], question, **options)
+    if json_output:
+        typer.echo(answer.to_json(indent=2))
+    elif not stream:
+        typer.echo(answer.text)

@@ -1,0 +1,92 @@
+"""The main job, `glmlab demo`: glmlab end to end on one model, as a list of stages.
+
+Each stage takes the shared `DemoContext`, does one thing a researcher would do, and prints what to
+look at. Later capabilities (training, evaluation, export, serving) add their stages to `STAGES`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from glmlab.loading import load
+
+
+@dataclass
+class DemoContext:
+    """What the stages share: the model, a work folder, and results for later stages."""
+
+    model: str
+    work_dir: Path
+    echo: Callable[[str], None] = print
+    vlm: Any = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Stage:
+    name: str
+    description: str
+    run: Callable[[DemoContext], None]
+
+
+def demo_image() -> Image.Image:
+    """A small generated scene: a red circle and a blue square on white."""
+    image = Image.new("RGB", (224, 224), "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((20, 30, 100, 110), fill=(220, 30, 30))
+    draw.rectangle((120, 110, 200, 190), fill=(30, 60, 220))
+    return image
+
+
+def stage_load(ctx: DemoContext) -> None:
+    ctx.vlm = load(ctx.model)
+    ctx.echo(f"loaded {ctx.vlm}")
+
+
+def stage_ask(ctx: DemoContext) -> None:
+    image = demo_image()
+    questions = ["What shapes are in the image?", "What colour is the circle?", "Describe the picture briefly."]
+    rows = []
+    for question in questions:
+        answer = ctx.vlm.ask(image, question, thinking=False, max_new_tokens=24, temperature=0)
+        rows.append({"question": question, "answer": answer.text, "ttft_s": answer.timing.ttft_s,
+                     "total_s": answer.timing.total_s, "tokens/s": answer.timing.decode_tokens_per_s,
+                     "prompt_tokens": answer.usage.prompt_tokens, "image_tokens": answer.usage.image_tokens})
+    table = pd.DataFrame(rows)
+    ctx.results["answers"] = table
+    with pd.option_context("display.max_colwidth", 40, "display.width", 160, "display.precision", 3):
+        ctx.echo(table.to_string(index=False))
+
+
+def stage_stream(ctx: DemoContext) -> None:
+    stream = ctx.vlm.stream(demo_image(), "Describe the picture.", max_new_tokens=32, temperature=0)
+    pieces = [piece for piece in stream]
+    ctx.echo("streamed: " + "".join(pieces))
+    answer = stream.answer
+    ctx.echo(f"(thinking: {answer.thinking!r:.60}; finish: {answer.finish_reason}; "
+             f"ttft {answer.timing.ttft_s:.3f} s; {answer.usage.completion_tokens} tokens)")
+
+
+STAGES: list[Stage] = [
+    Stage("load", "load the model (tiny: built offline, random weights)", stage_load),
+    Stage("ask", "ask questions about a generated image; a table of answers and timings", stage_ask),
+    Stage("stream", "stream one answer as it is generated", stage_stream),
+]
+
+
+def run(model: str = "tiny", *, stages: list[str] | None = None, work_dir: Path | None = None,
+        echo: Callable[[str], None] = print) -> DemoContext:
+    """Run the demo's stages in order (all by default) and return their shared context."""
+    selected = [stage for stage in STAGES if stages is None or stage.name in stages]
+    ctx = DemoContext(model=model, work_dir=Path(work_dir or tempfile.mkdtemp(prefix="glmlab-demo-")), echo=echo)
+    for number, stage in enumerate(selected, 1):
+        echo(f"\n== [{number}/{len(selected)}] {stage.name}: {stage.description}")
+        stage.run(ctx)
+    return ctx

@@ -1,0 +1,185 @@
+"""Generation settings and the small pieces around `model.generate`: timing, stopping, streaming.
+
+Defaults are layered so a user can see where each came from: the model card's recommended sampling,
+then the checkpoint's own generation_config, then what the caller passed.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, TextIteratorStreamer
+from transformers.generation.streamers import BaseStreamer
+
+from glmlab.answer import Answer
+from glmlab.errors import InputError
+
+# GLM-4.6V-Flash model card: top_p 0.6, top_k 2, temperature 0.8, repetition_penalty 1.1.
+RECOMMENDED_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.6, "top_k": 2,
+                        "repetition_penalty": 1.1}
+DEFAULT_MAX_NEW_TOKENS = 2048  # when the checkpoint sets none; thinking answers can need up to 16K
+# Structural tokens that never belong in answer text (eos ids are added per checkpoint).
+STRUCTURAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
+                     "<|assistant|>", "<|observation|>", "<|endoftext|>")
+
+
+@dataclass
+class GenerationSettings:
+    """Per-call generation options; None means "the default" (see module docstring).
+
+    temperature=0 means greedy decoding. `seed` makes sampling reproducible. `stop` strings end the
+    answer (they are not included in it).
+    """
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    do_sample: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [
+            ("max_new_tokens", self.max_new_tokens, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            ("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+            ("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("top_k", self.top_k, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+            ("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "> 0"),
+        ]
+        for name, value, valid, expected in checks:
+            if value is not None and not valid(value):
+                raise InputError(f"{name}={value!r}: must be {expected}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+def generation_config(base: GenerationConfig, settings: GenerationSettings) -> GenerationConfig:
+    """The GenerationConfig of one call: recommended sampling < checkpoint values < caller's values."""
+    config = copy.deepcopy(base)
+    explicit = base.to_diff_dict()
+    for key, value in RECOMMENDED_SAMPLING.items():
+        if key not in explicit:
+            setattr(config, key, value)
+    if "max_new_tokens" not in explicit:
+        config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    for key, value in settings.to_dict().items():
+        if key not in ("seed", "stop"):
+            setattr(config, key, value)
+    if settings.temperature == 0 or settings.do_sample is False:
+        config.do_sample = False
+        config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
+    elif settings.temperature is not None or settings.top_p is not None or settings.top_k is not None:
+        config.do_sample = True
+    if settings.stop:
+        config.stop_strings = list(settings.stop)
+    return config
+
+
+def seed_everything(seed: int | None) -> None:
+    if seed is not None:
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+
+
+class TokenClock(BaseStreamer):
+    """Records when the first generated token arrives (generate's first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.first_token_time: float | None = None
+        self._seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._seen_prompt:
+            self._seen_prompt = True
+        elif self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class TextClock(TextIteratorStreamer):
+    """A TextIteratorStreamer that also records the first token's time and hides structural tokens."""
+
+    def __init__(self, tokenizer: Any, hidden_ids: set[int]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=False)
+        self.hidden_ids = hidden_ids
+        self.first_token_time: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.next_tokens_are_prompt:
+            super().put(value)
+            return
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+        kept = [token for token in value.flatten().tolist() if token not in self.hidden_ids]
+        if kept:
+            super().put(torch.tensor(kept))
+
+
+class StopSignal(StoppingCriteria):
+    """Ends generation when its event is set (the widget's Stop button, a disconnected client)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class Stream:
+    """Text pieces of an answer as they are generated; `answer` holds the final Answer afterwards.
+
+    Iterate it (`for piece in vlm.stream(...)`), call `stop()` to end generation early (what was
+    generated is kept), and read `answer` (blocks until generation ends).
+    """
+
+    def __init__(self, run: Callable[[TextClock, threading.Event], Answer], streamer: TextClock) -> None:
+        self._streamer = streamer
+        self._stop = threading.Event()
+        self._answer: Answer | None = None
+        self._error: BaseException | None = None
+        self._consumed = False
+        self.text = ""
+        self._thread = threading.Thread(target=self._work, args=(run,), daemon=True, name="glmlab-generate")
+        self._thread.start()
+
+    def _work(self, run: Callable[[TextClock, threading.Event], Answer]) -> None:
+        try:
+            self._answer = run(self._streamer, self._stop)
+        except BaseException as error:  # re-raised in the consumer's thread
+            self._error = error
+            self._streamer.end()
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._consumed:
+            for piece in self._streamer:
+                if piece:
+                    self.text += piece
+                    yield piece
+            self._consumed = True
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def answer(self) -> Answer:
+        for _ in self:
+            pass
+        assert self._answer is not None
+        return self._answer

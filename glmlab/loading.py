@@ -1,0 +1,149 @@
+"""`glmlab.load`: from a name (hub id, local folder or "tiny") to a ready `VLM`.
+
+Every source goes through the same transformers path (AutoProcessor + AutoModelForImageTextToText),
+so GLM-4.1V, 4.5V, 4.6V and 4.6V-Flash load alike and the tiny test checkpoint exercises the code a
+hub checkpoint takes. Each automatic choice (device, dtype) is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glmlab import tiny
+from glmlab.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "zai-org/GLM-4.6V-Flash"
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+QUANTIZE = ("8bit", "4bit")
+
+
+def glmlab_home() -> Path:
+    """Where glmlab caches what it builds (the tiny checkpoint): $GLMLAB_HOME or ~/.cache/glmlab."""
+    return Path(os.environ.get("GLMLAB_HOME", Path.home() / ".cache" / "glmlab"))
+
+
+def load(model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
+         quantize: str | None = None, adapter: str | Path | None = None, max_image_pixels: int | None = None,
+         revision: str | None = None, allow_urls: bool = False):
+    """Load a GLM-V model and its processor; returns a `VLM`.
+
+    model: a hub id (default GLM-4.6V-Flash), a local checkpoint folder, or "tiny" (random weights).
+    dtype: "auto" | "bfloat16" | "float16" | "float32". device: "auto" | "cpu" | "cuda" | "cuda:N".
+    quantize: None | "8bit" | "4bit" (bitsandbytes, CUDA only). adapter: a PEFT LoRA folder.
+    max_image_pixels: largest image area kept after resizing, the main latency lever (see prompts).
+    allow_urls: let messages reference http(s) images.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from glmlab.model import VLM
+
+    source = resolve_source(model)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    options: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
+    quantization = quantization_config(quantize, device, torch_dtype)
+    if quantization is not None:
+        options["quantization_config"] = quantization
+    if device.startswith("cuda"):
+        options["device_map"] = {"": device}
+    try:
+        processor = AutoProcessor.from_pretrained(source, revision=revision)
+        network = AutoModelForImageTextToText.from_pretrained(source, **options)
+    except (OSError, ValueError) as error:
+        raise _load_error(model, source, error) from None
+    if not hasattr(processor, "image_processor"):
+        raise ModelLoadError(f"{model}: AutoProcessor returned a bare {type(processor).__name__}, not a "
+                             "vision processor; install transformers>=5.24 (models/glm46v).")
+    if device == "cpu" and quantization is None:
+        network.to("cpu")
+    network.eval()
+    vlm = VLM(network, processor, name=str(model), source=str(source), max_image_pixels=max_image_pixels,
+              allow_urls=allow_urls, quantized=quantize)
+    if adapter is not None:
+        vlm.load_adapter(adapter)
+    return vlm
+
+
+def resolve_source(model: str | Path) -> str:
+    """A local folder, the tiny checkpoint's cache folder, or the hub id unchanged."""
+    if str(model) == "tiny":
+        path = tiny.ensure(glmlab_home())
+        warnings.warn("glmlab 'tiny' checkpoint: RANDOM WEIGHTS, its answers are noise. It exists to test "
+                      "the pipeline offline; load a real model for real answers.", UserWarning, stacklevel=3)
+        return str(path)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{model}: is not a checkpoint folder (no config.json). Pass a folder saved "
+                                 "by save_pretrained or downloaded from the hub, or a hub id.")
+        return str(path)
+    if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
+        raise ModelLoadError(f"{model}: no such folder. Pass an existing checkpoint folder, a hub id such "
+                             f"as {DEFAULT_MODEL!r}, or 'tiny'.")
+    return str(model)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        chosen = "cuda" if torch.cuda.is_available() else "cpu"
+        logger.info("device='auto' -> %s (%s)", chosen, "a CUDA GPU is present" if chosen == "cuda" else "no GPU")
+        return chosen
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r}: no CUDA GPU is available on this machine; use device='cpu'.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModelLoadError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype != "auto":
+        raise ModelLoadError(f"dtype={dtype!r}: expected 'auto', 'bfloat16', 'float16' or 'float32'.")
+    if device == "cpu":
+        logger.info("dtype='auto' -> float32 (CPU: bfloat16 matmul is slow there)")
+        return torch.float32
+    chosen = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    logger.info("dtype='auto' -> %s (the checkpoint is bf16; float16 where the GPU lacks bf16)", chosen)
+    return chosen
+
+
+def quantization_config(quantize: str | None, device: str, dtype: torch.dtype):
+    """bitsandbytes settings; the vision tower and lm_head stay unquantised (they are small and sensitive)."""
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE:
+        raise ModelLoadError(f"quantize={quantize!r}: expected None, '8bit' or '4bit'.")
+    if not device.startswith("cuda"):
+        raise ModelLoadError(f"quantize={quantize!r} needs a CUDA GPU (bitsandbytes); the device is {device}. "
+                             "Load without quantize on a CPU.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(f"quantize={quantize!r} needs bitsandbytes: pip install 'glmlab[quant]'.") from None
+    from transformers import BitsAndBytesConfig
+
+    skip = ["visual", "lm_head"]
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
+
+
+def _load_error(model: str | Path, source: str, error: Exception) -> ModelLoadError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if Path(source).exists():
+        return ModelLoadError(f"{model}: the checkpoint folder could not be loaded ({reason}).")
+    return ModelLoadError(
+        f"{model}: could not be loaded. It is not a local folder, and it could not be downloaded from the "
+        f"Hugging Face hub ({reason}). Offline? Use glmlab.load('tiny') for the built-in test checkpoint "
+        f"(random weights), or download the model on a connected machine (huggingface-cli download {model} "
+        "--local-dir DIR) and pass that folder: glmlab.load('DIR').")

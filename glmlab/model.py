@@ -1,0 +1,248 @@
+"""`VLM`: a loaded GLM-V model that answers questions about images.
+
+It owns the network, the processor and one lock: generation, adapter switching and the Glm4v rope
+offset (`model.model.rope_deltas`, state on the model object) are not safe to share across threads,
+so every call that touches them runs under the lock. Prompts are built by `glmlab.prompts`, settings
+by `glmlab.generation`, and answers parsed by `glmlab.answer`; this module only wires them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glmlab import prompts
+from glmlab.answer import Answer, Timing, Usage
+from glmlab.errors import AdapterError, InputError
+from glmlab.generation import (STRUCTURAL_TOKENS, GenerationSettings, StopSignal, Stream, TextClock, TokenClock,
+                               generation_config, seed_everything)
+
+logger = logging.getLogger(__name__)
+_ACTIVE = object()  # "use the adapter set with set_adapter"
+
+
+@dataclass
+class Prompt:
+    """One prepared request: the rendered text, its images, and the processor's tensors."""
+
+    text: str
+    images: list
+    features: Any
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.features["attention_mask"].sum())
+
+
+class VLM:
+    """A GLM-V model with its processor. Create it with `glmlab.load(...)`."""
+
+    def __init__(self, model: Any, processor: Any, *, name: str, source: str, max_image_pixels: int | None = None,
+                 allow_urls: bool = False, quantized: str | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.source = source
+        self.quantized = quantized
+        self.allow_urls = allow_urls
+        self.max_image_pixels = max_image_pixels or processor.image_processor.size["longest_edge"] // 2
+        self.adapters: dict[str, str] = {}
+        self.active_adapter: str | None = None
+        self.lock = threading.RLock()
+        self.image_token_id = model.config.image_token_id
+        self.eos_token_ids = _eos_ids(model)
+        self.hidden_token_ids = self.eos_token_ids | {
+            token_id for token_id in self.tokenizer.convert_tokens_to_ids(list(STRUCTURAL_TOKENS))
+            if token_id is not None and token_id != self.tokenizer.unk_token_id}
+
+    def __repr__(self) -> str:
+        adapters = f", adapters={list(self.adapters)}" if self.adapters else ""
+        return f"VLM({self.name!r}, device={self.device}, dtype={self.dtype}{adapters})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+
+    # ---- asking --------------------------------------------------------------------------------
+
+    def ask(self, images: Any, question: str, *, system: str | None = None, thinking: bool | None = None,
+            adapter: Any = _ACTIVE, max_image_pixels: int | None = None, **gen: Any) -> Answer:
+        """Answer one question about zero or more images (any input `glmlab.images.to_pil` takes).
+
+        thinking: None keeps the model's default (on for GLM-4.6V), False renders `/nothink`.
+        adapter: a loaded adapter's name, None for the base model; default the active adapter.
+        gen: max_new_tokens, temperature (0 = greedy), top_p, top_k, repetition_penalty, seed, stop.
+        """
+        messages = prompts.question_messages(images, question, system)
+        return self.chat(messages, thinking=thinking, adapter=adapter, max_image_pixels=max_image_pixels, **gen)
+
+    def chat(self, messages: list[dict[str, Any]], *, thinking: bool | None = None, adapter: Any = _ACTIVE,
+             max_image_pixels: int | None = None, **gen: Any) -> Answer:
+        """Answer the last turn of a conversation (OpenAI or transformers message format)."""
+        settings = GenerationSettings(**gen)
+        prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+        return self._generate(prompt, settings, adapter, TokenClock(), None)
+
+    def stream(self, images: Any, question: str, *, system: str | None = None, **options: Any) -> Stream:
+        """Like `ask`, but returns a `Stream` of text pieces as they are generated (then `.answer`)."""
+        return self.chat_stream(prompts.question_messages(images, question, system), **options)
+
+    def chat_stream(self, messages: list[dict[str, Any]], *, thinking: bool | None = None, adapter: Any = _ACTIVE,
+                    max_image_pixels: int | None = None, **gen: Any) -> Stream:
+        """Like `chat`, streamed. Bad input raises here, before any thread starts."""
+        settings = GenerationSettings(**gen)
+        prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+        streamer = TextClock(self.tokenizer, self.hidden_token_ids)
+        return Stream(lambda clock, stop: self._generate(prompt, settings, adapter, clock, stop), streamer)
+
+    def prepare(self, messages: list[dict[str, Any]], *, thinking: bool | None = None,
+                max_image_pixels: int | None = None, add_generation_prompt: bool = True) -> Prompt:
+        """Render and tokenise a conversation with the checkpoint's own template and processor."""
+        conversation = prompts.to_conversation(messages, allow_urls=self.allow_urls)
+        text = prompts.render(self.processor, conversation.messages, thinking=thinking,
+                              add_generation_prompt=add_generation_prompt)
+        features = prompts.encode(self.processor, [text], [conversation.images],
+                                  max_image_pixels=max_image_pixels or self.max_image_pixels)
+        return Prompt(text, conversation.images, features)
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def _generate(self, prompt: Prompt, settings: GenerationSettings, adapter: Any, clock: Any,
+                  stop: threading.Event | None) -> Answer:
+        config = generation_config(self.model.generation_config, settings)
+        inputs = self._to_device(prompt.features)
+        criteria = [StopSignal(stop)] if stop is not None else []
+        with self.lock, self.using_adapter(adapter), torch.inference_mode():
+            seed_everything(settings.seed)
+            start = time.perf_counter()
+            output = self.model.generate(**inputs, generation_config=config, streamer=clock,
+                                         stopping_criteria=criteria or None, tokenizer=self.tokenizer)
+            end = time.perf_counter()
+        clock.end() if isinstance(clock, TokenClock) else None
+        new_ids = output[0, inputs["input_ids"].shape[1]:].tolist()
+        return self.decode_answer(new_ids, prompt, settings, start, clock.first_token_time, end, adapter)
+
+    def decode_answer(self, new_ids: list[int], prompt: Prompt, settings: GenerationSettings, start: float,
+                      first_token: float | None, end: float, adapter: Any) -> Answer:
+        """Turn generated ids into an Answer: cut at the first eos, hide structural tokens, apply stops."""
+        finish_reason, completion = "length", new_ids
+        for index, token in enumerate(new_ids):
+            if token in self.eos_token_ids:
+                finish_reason, completion = "stop", new_ids[:index]
+                break
+        kept = [token for token in completion if token not in self.hidden_token_ids]
+        raw = self.tokenizer.decode(kept, skip_special_tokens=False)
+        for stop in settings.stop or []:
+            if stop in raw:
+                raw, finish_reason = raw.split(stop, 1)[0], "stop"
+        counted = len(completion) + (finish_reason == "stop" and len(completion) < len(new_ids))
+        usage = Usage(prompt_tokens=prompt.prompt_tokens, completion_tokens=counted,
+                      image_tokens=int((prompt.features["input_ids"] == self.image_token_id).sum()))
+        timing = Timing.from_times(start, first_token, end, counted)
+        name = self.active_adapter if adapter is _ACTIVE else adapter
+        return Answer.from_raw(raw, usage=usage, timing=timing, finish_reason=finish_reason, model=name or self.name)
+
+    def _to_device(self, features: Any) -> dict[str, torch.Tensor]:
+        inputs = {key: value.to(self.device) for key, value in features.items()}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        return inputs
+
+    # ---- adapters ------------------------------------------------------------------------------
+
+    def load_adapter(self, path: str | Path, name: str | None = None, *, activate: bool = True) -> str:
+        """Load a PEFT LoRA adapter (safetensors only) under `name` (default: the folder's name)."""
+        path = Path(path).expanduser()
+        check_adapter_folder(path)
+        name = name or path.name
+        if name in self.adapters:
+            raise AdapterError(f"adapter name {name!r} is already loaded (from {self.adapters[name]}); "
+                               "unload it first or choose another name.")
+        with self.lock:
+            try:
+                self.model.load_adapter(str(path), adapter_name=name)
+            except (ValueError, KeyError, RuntimeError, OSError) as error:
+                raise AdapterError(f"{path}: could not be loaded as a LoRA adapter for {self.name} ({error}).") from None
+            self.adapters[name] = str(path)
+            if activate:
+                self.set_adapter(name)
+            elif self.active_adapter is None:
+                self.model.disable_adapters()
+        logger.info("loaded adapter %r from %s", name, path)
+        return name
+
+    def set_adapter(self, name: str | None) -> None:
+        """Make `name` the adapter every call uses by default; None for the base model."""
+        with self.lock:
+            if name is not None:
+                self._check_adapter(name)
+                self.model.set_adapter(name)
+                self.model.enable_adapters()
+            elif self.adapters:
+                self.model.disable_adapters()
+            self.active_adapter = name
+
+    def unload_adapter(self, name: str) -> None:
+        with self.lock:
+            self._check_adapter(name)
+            self.model.delete_adapter(name)
+            del self.adapters[name]
+            if self.active_adapter == name:
+                self.active_adapter = None
+            if not self.adapters:
+                return
+            self.set_adapter(self.active_adapter)
+
+    @contextlib.contextmanager
+    def using_adapter(self, adapter: Any = _ACTIVE):
+        """Run a block with one adapter (or None: the base model), then restore the active one."""
+        if adapter is _ACTIVE or adapter == self.active_adapter:
+            yield
+            return
+        with self.lock:
+            previous = self.active_adapter
+            self.set_adapter(adapter)
+            try:
+                yield
+            finally:
+                self.set_adapter(previous)
+
+    def _check_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            known = ", ".join(self.adapters) or "none loaded"
+            raise AdapterError(f"adapter {name!r} is not loaded (loaded: {known}); use load_adapter(path, name).")
+
+
+def check_adapter_folder(path: Path) -> None:
+    """A PEFT adapter folder with safetensors weights (pickled .bin weights are refused: unsafe)."""
+    if not path.is_dir():
+        raise AdapterError(f"{path}: no such adapter folder.")
+    if not (path / "adapter_config.json").exists():
+        raise AdapterError(f"{path}: not a PEFT adapter folder (no adapter_config.json).")
+    if not (path / "adapter_model.safetensors").exists():
+        pickled = " (only a pickled adapter_model.bin, refused as unsafe)" if (path / "adapter_model.bin").exists() else ""
+        raise AdapterError(f"{path}: no adapter_model.safetensors{pickled}; save adapters with safetensors.")
+
+
+def _eos_ids(model: Any) -> set[int]:
+    ids: set[int] = set()
+    for source in (model.generation_config.eos_token_id, getattr(model.config.get_text_config(), "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    if not ids:
+        raise InputError("the checkpoint defines no eos_token_id; set it in generation_config.json.")
+    return ids

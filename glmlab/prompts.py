@@ -1,0 +1,154 @@
+"""From questions and chat messages to model inputs: the one prompt path of glmlab.
+
+`ask`, `chat`, batching, training samples, eval prompts and server requests all build their inputs
+here, with the checkpoint's own chat template and processor, so what a model is trained on is exactly
+what it is asked at inference (a second prompt builder is how train/inference skew is born).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from glmlab.errors import InputError
+from glmlab.images import to_pil
+
+IMAGE_ITEM_TYPES = ("image", "image_url", "input_image")
+ROLES = ("system", "user", "assistant", "tool", "observation")
+
+
+@dataclass
+class Conversation:
+    """Messages in the template's form (image items carry no payload) and their images in order."""
+
+    messages: list[dict[str, Any]]
+    images: list[Image.Image] = field(default_factory=list)
+
+
+def pixel_budget_size(max_image_pixels: int) -> dict[str, int]:
+    """The Glm46V processor `size` for a largest resized image area of `max_image_pixels`.
+
+    The processor treats a still image as two temporal frames, so its `longest_edge` (a pixel count,
+    not an edge) is twice the area one image may keep: max_image_pixels=1024*1024 keeps a 1024x1024
+    image whole (~1,340 image tokens for GLM-4.6V-Flash), larger images are scaled down to fit.
+    """
+    if max_image_pixels < 28 * 28:
+        raise InputError(f"max_image_pixels={max_image_pixels}: must be at least 784 (one 28x28 image token).")
+    return {"shortest_edge": min(12544, 2 * max_image_pixels), "longest_edge": 2 * max_image_pixels}
+
+
+def question_messages(images: Any, question: str, system: str | None = None) -> list[dict[str, Any]]:
+    """The messages of a single question about zero or more images (images first, as the model card)."""
+    if not isinstance(question, str):
+        raise InputError(f"question: expected a string, got {type(question).__name__}.")
+    items = [{"type": "image", "image": image} for image in _as_list(images)]
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": items + [{"type": "text", "text": question}]}]
+
+
+def to_conversation(messages: list[dict[str, Any]], **image_options: Any) -> Conversation:
+    """Normalise OpenAI-format and transformers-format messages; load every image they reference.
+
+    OpenAI parts: {"type": "text", "text"}, {"type": "image_url", "image_url": {"url": data/http URL}}.
+    transformers parts: {"type": "image", "image" | "url" | "path": any glmlab image input}.
+    An item that expands to several images (a PDF) becomes several image items.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise InputError("messages: expected a non-empty list of {'role', 'content'} dicts.")
+    normalised, images = [], []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise InputError(f"messages[{index}]: expected a dict with 'role' in {ROLES}, got {message!r:.80}.")
+        content = message.get("content")
+        if content is None or isinstance(content, str):
+            normalised.append(_copy_message(message, content or ""))
+            continue
+        if not isinstance(content, list):
+            raise InputError(f"messages[{index}].content: expected a string or a list of parts.")
+        parts = []
+        for position, part in enumerate(content):
+            new_parts, new_images = _normalise_part(part, f"messages[{index}].content[{position}]", image_options)
+            parts += new_parts
+            images += new_images
+        normalised.append(_copy_message(message, parts))
+    return Conversation(normalised, images)
+
+
+def render(processor: Any, messages: list[dict[str, Any]], *, thinking: bool | None = None,
+           add_generation_prompt: bool = True) -> str:
+    """The prompt text of `messages` under the checkpoint's chat template.
+
+    `thinking=None` keeps the model's default (GLM-4.6V: on); False passes enable_thinking=False.
+    """
+    kwargs = {} if thinking is None else {"enable_thinking": bool(thinking)}
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **kwargs)
+
+
+def encode(processor: Any, texts: list[str], images: list[list[Image.Image]], *,
+           max_image_pixels: int | None = None) -> Any:
+    """Tokenise prompt texts and expand their image placeholders (left-padded when several).
+
+    Returns the processor's BatchFeature without `token_type_ids` (the model card drops it).
+    """
+    kwargs: dict[str, Any] = {}
+    if max_image_pixels is not None:
+        kwargs["size"] = pixel_budget_size(max_image_pixels)
+    flat = [image for sample in images for image in sample]
+    batch_images = (images if len(texts) > 1 else images[0]) if flat else None
+    try:
+        features = processor(text=texts, images=batch_images, return_tensors="pt", padding=len(texts) > 1,
+                             **kwargs)
+    except ValueError as error:  # e.g. an aspect ratio over 200:1, placeholder/image count mismatch
+        raise InputError(f"the images could not be processed: {error}") from None
+    features.pop("token_type_ids", None)
+    return features
+
+
+# ---- parts ---------------------------------------------------------------------------------------
+
+def _normalise_part(part: Any, where: str, image_options: dict) -> tuple[list[dict], list[Image.Image]]:
+    if isinstance(part, str):
+        return [{"type": "text", "text": part}], []
+    if not isinstance(part, dict) or "type" not in part:
+        raise InputError(f"{where}: expected a dict with a 'type', got {part!r:.80}.")
+    kind = part["type"]
+    if kind in ("text", "input_text"):
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InputError(f"{where}: a text part needs a string 'text'.")
+        return [{"type": "text", "text": text}], []
+    if kind in IMAGE_ITEM_TYPES:
+        loaded = to_pil(_image_source(part, where), **image_options)
+        return [{"type": "image"} for _ in loaded], loaded
+    raise InputError(f"{where}: unsupported content type {kind!r}; use 'text', 'image' or 'image_url'.")
+
+
+def _image_source(part: dict, where: str) -> Any:
+    if part["type"] in ("image_url", "input_image"):
+        value = part.get("image_url")
+        url = value.get("url") if isinstance(value, dict) else value
+        if not url:
+            raise InputError(f"{where}: an image_url part needs image_url.url (a data URL or http(s) URL).")
+        return url
+    for key in ("image", "url", "path"):
+        if part.get(key) is not None:
+            return part[key]
+    raise InputError(f"{where}: an image part needs 'image', 'url' or 'path'.")
+
+
+def _copy_message(message: dict, content: Any) -> dict:
+    """A new message dict: callers' messages are never mutated."""
+    copied = {"role": message["role"], "content": content}
+    if message.get("reasoning_content"):
+        copied["reasoning_content"] = message["reasoning_content"]
+    return copied
+
+
+def _as_list(images: Any) -> list:
+    if images is None:
+        return []
+    return list(images) if isinstance(images, list | tuple) else [images]
+

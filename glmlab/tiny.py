@@ -1,0 +1,188 @@
+"""The tiny offline Glm4v checkpoint: a real checkpoint folder with random weights, built in seconds.
+
+No machine here can download GLM-4.6V-Flash, yet every code path that loads a hub checkpoint must run
+and be tested. `build` writes what a hub snapshot holds (config.json, safetensors weights,
+tokenizer.json, processor and chat template files) with the real token ids, token structure and
+processor classes, but small layers. Its weights are random: its answers are noise, its shapes and
+plumbing are real. The tokenizer is built by hand with the `tokenizers` library because no library
+ships a GLM tokenizer offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# The real checkpoint's token ids (../shared/reference/glm-4.6v-flash.md).
+SPECIAL_TOKENS = {
+    "<|endoftext|>": 151329, "[MASK]": 151330, "[gMASK]": 151331, "[sMASK]": 151332, "<sop>": 151333,
+    "<eop>": 151334, "<|system|>": 151335, "<|user|>": 151336, "<|assistant|>": 151337,
+    "<|observation|>": 151338, "<|begin_of_image|>": 151339, "<|end_of_image|>": 151340,
+    "<|begin_of_video|>": 151341, "<|end_of_video|>": 151342, "<|image|>": 151363, "<|video|>": 151364,
+}
+# Single tokens of the real vocabulary whose ids the reference does not give: glmlab places them in
+# the free ids between the video and image tokens.
+TEXT_SINGLE_TOKENS = ["<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>", "/nothink", "<tool_call>",
+                      "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>",
+                      "<tool_response>", "</tool_response>"]
+VOCAB_SIZE = 151552
+EOS_TOKEN_IDS = [151329, 151336, 151338]
+PAD_TOKEN_ID = 151329
+
+TINY_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128)
+TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64)
+# Pixel budget of the tiny checkpoint's processor: small so CPU tests stay fast (a 1024x1024 image
+# becomes 224x224 = 16x16 patches = 64 image tokens).
+TINY_MAX_IMAGE_PIXELS = 224 * 224  # pixel area; the processor's longest_edge is twice this
+CHAT_TEMPLATE = "glm46v_chat.jinja"
+
+
+def build(path: str | Path, seed: int = 0, *, text: dict | None = None, vision: dict | None = None,
+          max_image_pixels: int = TINY_MAX_IMAGE_PIXELS) -> Path:
+    """Write a tiny random-weight Glm4v checkpoint to `path` and return it.
+
+    `text` and `vision` override the layer sizes (benchmarks build larger ones the same way).
+    The folder loads with plain `AutoProcessor`/`AutoModelForImageTextToText.from_pretrained`.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = make_config(text=text, vision=vision)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=0.8, top_p=0.6, top_k=2, repetition_penalty=1.1,
+        eos_token_id=EOS_TOKEN_IDS, pad_token_id=PAD_TOKEN_ID, max_new_tokens=64,
+    )
+    model.save_pretrained(path)
+    make_processor(max_image_pixels).save_pretrained(path)
+    (path / "README.md").write_text(
+        "# glmlab tiny Glm4v checkpoint\n\nRANDOM WEIGHTS: a few small layers with GLM-4.6V-Flash's real token "
+        "ids, tokenizer structure, processor classes and chat-template behaviour. Its answers are noise; "
+        "it exists so loading, generation, training and serving can be tested offline.\n"
+        f"Built by `glmlab.tiny.build(path, seed={seed})`.\n")
+    return path
+
+
+def make_config(text: dict | None = None, vision: dict | None = None):
+    """A Glm4vConfig shaped like GLM-4.6V-Flash's (same ids, rope layout, activations), but small."""
+    from transformers import AutoConfig
+
+    text_config = {**TINY_TEXT, **(text or {})}
+    vision_config = {**TINY_VISION, **(vision or {})}
+    head_dim = text_config["hidden_size"] // text_config["num_attention_heads"]
+    rotary_pairs = head_dim // 4  # partial_rotary_factor 0.5 -> head_dim/2 rotary dims -> head_dim/4 pairs
+    temporal = rotary_pairs // 4 or 1
+    spatial = rotary_pairs - temporal
+    mrope_section = [temporal, spatial // 2, spatial - spatial // 2]  # real: [8, 12, 12] for 32 pairs
+    return AutoConfig.for_model(
+        "glm4v",
+        image_start_token_id=151339, image_end_token_id=151340, image_token_id=151363,
+        video_start_token_id=151341, video_end_token_id=151342, video_token_id=151364,
+        tie_word_embeddings=False,
+        text_config=dict(
+            model_type="glm4v_text", vocab_size=VOCAB_SIZE, hidden_act="silu", rms_norm_eps=1e-5,
+            attention_bias=True, max_position_embeddings=131072, pad_token_id=PAD_TOKEN_ID,
+            eos_token_id=EOS_TOKEN_IDS,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000, "partial_rotary_factor": 0.5,
+                             "mrope_section": mrope_section},
+            **text_config,
+        ),
+        vision_config=dict(
+            model_type="glm4v_vision", patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+            image_size=336, in_channels=3, out_hidden_size=text_config["hidden_size"], hidden_act="silu",
+            rms_norm_eps=1e-5, attention_bias=False, **vision_config,
+        ),
+    )
+
+
+def make_tokenizer():
+    """A byte-level BPE tokenizer with GLM's special tokens at their real ids.
+
+    Ids below the specials are bytes (0-255) then filler word pieces (" ab", "cd", ...) that encoding
+    never produces but decoding renders readably, so a random model's output looks like text.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(byte_alphabet))}
+    specials = {**SPECIAL_TOKENS}
+    free_ids = iter(range(SPECIAL_TOKENS["<|end_of_video|>"] + 1, SPECIAL_TOKENS["<|image|>"]))
+    singles = {token: next(free_ids) for token in TEXT_SINGLE_TOKENS}
+    reserved = set(specials.values()) | set(singles.values())
+    filler = _filler_words()
+    for index in range(len(vocab), VOCAB_SIZE):
+        if index not in reserved:
+            vocab[next(filler)] = index
+    for token, index in {**specials, **singles}.items():
+        vocab[token] = index
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in singles])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        padding_side="left", clean_up_tokenization_spaces=False, model_max_length=131072,
+        extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
+    )
+
+
+def _filler_words():
+    """Unique lowercase pieces, half with a leading space (ByteLevel's 'Ġ'), for unused vocab ids."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    number = 0
+    while True:
+        word, value = "", number
+        while True:
+            word = letters[value % 26] + word
+            value = value // 26 - 1
+            if value < 0:
+                break
+        yield "Ġ" + word
+        yield word + "_"
+        number += 1
+
+
+def make_processor(max_image_pixels: int = TINY_MAX_IMAGE_PIXELS):
+    """Glm46VProcessor (the real checkpoint's class) around the tiny tokenizer and the glmlab template."""
+    from transformers.models.glm46v import Glm46VImageProcessor, Glm46VProcessor, Glm46VVideoProcessor
+
+    from glmlab.prompts import pixel_budget_size
+
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    size = pixel_budget_size(max_image_pixels)
+    image_processor = Glm46VImageProcessor(size=size, image_mean=mean, image_std=std, patch_size=14,
+                                           temporal_patch_size=2, merge_size=2)
+    video_processor = Glm46VVideoProcessor(image_mean=mean, image_std=std)
+    template = resources.files("glmlab.templates").joinpath(CHAT_TEMPLATE).read_text(encoding="utf-8")
+    return Glm46VProcessor(image_processor=image_processor, tokenizer=make_tokenizer(),
+                           video_processor=video_processor, chat_template=template)
+
+
+def ensure(home: str | Path, seed: int = 0) -> Path:
+    """The cached tiny checkpoint under `home`, built once (atomically, so a crash leaves no half folder)."""
+    target = Path(home) / "tiny" / f"seed{seed}"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("building the tiny Glm4v checkpoint (random weights) in %s", target)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        build(staging, seed=seed)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
