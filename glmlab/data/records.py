@@ -1,0 +1,288 @@
+"""The one record format glmlab trains and evaluates on, and the checks that turn a raw row into it.
+
+A record is one or more images plus a conversation about them. Sources write it in two shapes:
+
+- the shorthand: `{"image": "a.png", "question": "...", "answer": "...", ...}` (`images` for a list);
+- the chat form: `{"images": [...], "messages": [{"role": "user", "content": "..."},
+  {"role": "assistant", "content": "..."}]}`, where content may also be a list of parts
+  (`{"type": "text", "text": ...}`, `{"type": "image"}`).
+
+Every loader normalises to the chat form with string contents and no image placeholders in the text:
+the images travel in their own column, and the chat template of the model decides where they go, so
+a dataset never bakes in one model's image tokens. Keys other than `id`, `image(s)`, `question`,
+`answer`, `messages` and `metadata` are free metadata (ground-truth fields, question type, ...).
+
+A row that cannot be used raises `RecordError`, an `InputError` whose `reason` (one of `REASONS`)
+lets a loader count skipped rows by kind, and whose message names the row and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from glmlab.errors import InputError
+from glmlab.images import to_pil
+
+ROLES = ("system", "user", "assistant")
+RECORD_KEYS = ("id", "image", "images", "question", "answer", "messages", "metadata")
+REASONS = (
+    "invalid_row",  # not a mapping, invalid JSON, or contradictory fields
+    "missing_field",  # no image, no question/answer/messages, no assistant turn
+    "wrong_type",  # a field of the wrong type (e.g. a number as answer)
+    "empty_question",
+    "empty_answer",
+    "missing_image",  # an image path that does not exist
+    "unreadable_image",  # an image glmlab.images could not decode (corrupt, unsupported, refused)
+)
+# Image placeholders other tools put into the text; glmlab keeps images out of the text.
+_PLACEHOLDER_RE = re.compile(r"<\|begin_of_image\|>(?:<\|image\|>)*<\|end_of_image\|>|<\|image\|>|<image>")
+# Image formats stored as their original bytes: PIL decodes them to exactly what glmlab saw.
+_KEEP_BYTES_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+class RecordError(InputError):
+    """A row that cannot become a record; `reason` is one of `REASONS`."""
+
+    def __init__(self, message: str, *, reason: str, index: int | None = None, record_id: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.index = index
+        self.record_id = record_id
+
+
+class _Problem(Exception):
+    """Internal: what is wrong, before the caller adds which row it is."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def row_label(source: str, index: int | None, record_id: str | None) -> str:
+    """`data.jsonl row 3 (id 'inv-0003')`: how messages name a row (index counts from 0)."""
+    label = source if index is None else f"{source} row {index}"
+    return label + (f" (id {record_id!r})" if record_id is not None else "")
+
+
+def to_messages(record: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The record's conversation as `[{"role", "content"}]` with string contents.
+
+    Accepts the shorthand (`question`/`answer`) or the chat form (`messages`), raw or already
+    normalised (a row of a dataset from `load_records`). The last message is always the assistant's
+    non-empty answer; user text has image placeholders removed. Raises `RecordError` naming the problem.
+    """
+    try:
+        return _messages_of(record)
+    except _Problem as problem:
+        record_id = _record_id(record) if isinstance(record, Mapping) else None
+        raise RecordError(
+            f"{row_label('record', None, record_id)}: {problem.detail}",
+            reason=problem.reason,
+            record_id=record_id,
+        ) from None
+
+
+def normalise_row(row: Any, *, index: int, source: str, image_root: Path | None = None) -> dict[str, Any]:
+    """One raw row -> `{"id", "images", "messages", "metadata"}` as the loaders store it.
+
+    `images` holds `{"bytes", "path": None}` cells for `datasets.Image` (each image is decoded once here
+    by `glmlab.images.to_pil`, so a corrupt file is caught now, not mid-training); `metadata` is a JSON
+    string of every key that is not part of the record format. Relative image paths are taken from
+    `image_root` (the data folder) when given.
+    """
+    record_id = _record_id(row) if isinstance(row, Mapping) else None
+    try:
+        if not isinstance(row, Mapping):
+            raise _Problem("invalid_row", f"has type {type(row).__name__}, not a mapping of fields")
+        messages = _messages_of(row)
+        images = [cell for value in _image_values(row) for cell in _image_cells(value, image_root)]
+        metadata = json.dumps(_metadata_of(row), ensure_ascii=False, default=json_default)
+    except _Problem as problem:
+        raise RecordError(
+            f"{row_label(source, index, record_id)}: {problem.detail}",
+            reason=problem.reason,
+            index=index,
+            record_id=record_id,
+        ) from None
+    return {"id": record_id, "images": images, "messages": messages, "metadata": metadata}
+
+
+# ---- fields ---------------------------------------------------------------------------------------
+
+
+def _is_missing(value: Any) -> bool:
+    """None, or the NaN/NA a DataFrame puts in an empty cell."""
+    if value is None or value is pd.NA:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _record_id(row: Mapping[str, Any]) -> str | None:
+    value = row.get("id")
+    return None if _is_missing(value) else str(value)
+
+
+def _messages_of(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    has_messages = not _is_missing(row.get("messages"))
+    has_shorthand = any(not _is_missing(row.get(key)) for key in ("question", "answer"))
+    if has_messages and has_shorthand:
+        raise _Problem("invalid_row", "has both 'messages' and 'question'/'answer'; keep one form")
+    if has_messages:
+        return _checked_messages(row["messages"])
+    question, answer = row.get("question"), row.get("answer")
+    for key, value in (("question", question), ("answer", answer)):
+        if _is_missing(value):
+            raise _Problem(
+                "missing_field", f"missing field {key!r} (give 'question' and 'answer', or 'messages')"
+            )
+        if not isinstance(value, str):
+            raise _Problem(
+                "wrong_type",
+                f"field {key!r} has type {type(value).__name__}, expected a string "
+                f"(got {value!r}; convert it with str() if it is meant as text)",
+            )
+    question = _strip_placeholders(question)
+    if not question:
+        raise _Problem("empty_question", "the question is empty")
+    if not answer.strip():
+        raise _Problem("empty_answer", "the answer is empty")
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer.strip()}]
+
+
+def _checked_messages(messages: Any) -> list[dict[str, str]]:
+    if isinstance(messages, np.ndarray):  # parquet/Arrow list cells arrive as numpy object arrays
+        messages = list(messages)
+    if not isinstance(messages, list | tuple):
+        raise _Problem(
+            "wrong_type",
+            f"field 'messages' has type {type(messages).__name__}, expected a list of "
+            "{'role', 'content'} dicts",
+        )
+    normalised = []
+    for turn, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise _Problem("wrong_type", f"messages[{turn}] is not a {{'role', 'content'}} dict")
+        role = message["role"]
+        if role not in ROLES:
+            raise _Problem("wrong_type", f"messages[{turn}] has role {role!r}; expected one of {ROLES}")
+        content = _text_of(message["content"], f"messages[{turn}].content")
+        normalised.append(
+            {"role": role, "content": _strip_placeholders(content) if role == "user" else content}
+        )
+    if not any(message["role"] == "user" and message["content"] for message in normalised):
+        raise _Problem("empty_question", "messages hold no user turn with text")
+    if not normalised or normalised[-1]["role"] != "assistant":
+        raise _Problem("missing_field", "messages do not end with an assistant answer")
+    if not normalised[-1]["content"].strip():
+        raise _Problem("empty_answer", "the assistant answer is empty")
+    normalised[-1]["content"] = normalised[-1]["content"].strip()
+    return normalised
+
+
+def _text_of(content: Any, where: str) -> str:
+    """A message content as text: a string, or the text parts of a parts list (image parts dropped)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, np.ndarray):
+        content = list(content)
+    if isinstance(content, list | tuple) and all(isinstance(part, Mapping) for part in content):
+        texts = [part.get("text") for part in content if part.get("type") == "text"]
+        if all(isinstance(text, str) for text in texts):
+            return "\n".join(texts)
+    raise _Problem(
+        "wrong_type",
+        f"{where} has type {type(content).__name__}; expected a string or a list of "
+        "{'type': 'text', 'text': ...} / {'type': 'image'} parts",
+    )
+
+
+def _strip_placeholders(text: str) -> str:
+    return _PLACEHOLDER_RE.sub("", text).strip()
+
+
+def _metadata_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = row.get("metadata")
+    if _is_missing(metadata):
+        metadata = {}
+    elif isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except json.JSONDecodeError:
+            raise _Problem("wrong_type", "field 'metadata' is a string but not JSON") from None
+    if not isinstance(metadata, Mapping):
+        raise _Problem("wrong_type", f"field 'metadata' has type {type(metadata).__name__}, expected a dict")
+    extras = {
+        key: (None if _is_missing(value) else value) for key, value in row.items() if key not in RECORD_KEYS
+    }
+    return {**metadata, **extras}
+
+
+def json_default(value: Any) -> Any:
+    """For json.dumps: numpy values become numbers and lists, anything else (Decimal, date) its string."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+# ---- images ---------------------------------------------------------------------------------------
+
+
+def _image_values(row: Mapping[str, Any]) -> list[Any]:
+    single, many = row.get("image"), row.get("images")
+    if not _is_missing(single) and not _is_missing(many):
+        raise _Problem("invalid_row", "has both 'image' and 'images'; keep one")
+    if not _is_missing(single):
+        return [single]
+    if _is_missing(many):
+        raise _Problem("missing_field", "missing field 'image' (or 'images'): every record needs an image")
+    if isinstance(many, np.ndarray) and many.dtype == object:
+        many = list(many)
+    if not isinstance(many, list | tuple):
+        raise _Problem("wrong_type", f"field 'images' has type {type(many).__name__}, expected a list")
+    if not many:
+        raise _Problem("missing_field", "field 'images' is an empty list: every record needs an image")
+    return list(many)
+
+
+def _image_cells(value: Any, image_root: Path | None) -> list[dict[str, Any]]:
+    """Decode one image value with glmlab.images and return `datasets.Image` cells for what it holds."""
+    if isinstance(value, Mapping):  # datasets.Image(decode=False) cells: {"bytes", "path"}
+        value = value.get("bytes") or value.get("path")
+        if _is_missing(value):
+            raise _Problem("missing_field", "an image cell holds neither bytes nor a path")
+    if isinstance(value, str | Path) and not str(value).startswith(("data:", "http://", "https://")):
+        path = Path(value)
+        if image_root is not None and not path.is_absolute():
+            path = image_root / path
+        if not path.is_file():
+            raise _Problem("missing_image", f"image file {str(value)!r} not found (looked at {path})")
+        value = path
+    elif not isinstance(value, str | bytes | bytearray | Image.Image | np.ndarray):
+        raise _Problem(
+            "wrong_type", f"an image has type {type(value).__name__}; expected a path, bytes or image"
+        )
+    try:
+        images = to_pil(value)
+    except InputError as error:
+        raise _Problem("unreadable_image", f"unreadable image: {error}") from None
+    if isinstance(value, Path | bytes) and len(images) == 1 and images[0].format in _KEEP_BYTES_FORMATS:
+        return [{"bytes": value.read_bytes() if isinstance(value, Path) else value, "path": None}]
+    return [{"bytes": encode_png(image), "path": None} for image in images]
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of an image (lossless, and byte-identical for identical pixels)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
