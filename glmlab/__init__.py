@@ -18,8 +18,20 @@ from glmlab.errors import AdapterError, ConfigError, GlmlabError, InputError, Mo
 
 __version__ = "0.1.0"
 _LAZY = {"load": "glmlab.loading", "DEFAULT_MODEL": "glmlab.loading", "VLM": "glmlab.model"}
-__all__ = ["DEFAULT_MODEL", "VLM", "AdapterError", "Answer", "ConfigError", "GlmlabError", "InputError",
-           "ModelLoadError", "Timing", "Usage", "load", "__version__"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "VLM",
+    "AdapterError",
+    "Answer",
+    "ConfigError",
+    "GlmlabError",
+    "InputError",
+    "ModelLoadError",
+    "Timing",
+    "Usage",
+    "load",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,9 @@ class Timing:
     decode_tokens_per_s: float | None = None
 
     @classmethod
-    def from_times(cls, start: float, first_token: float | None, end: float, completion_tokens: int) -> Timing:
+    def from_times(
+        cls, start: float, first_token: float | None, end: float, completion_tokens: int
+    ) -> Timing:
         """Decode speed follows `vllm bench serve`: (tokens - 1) / (end - first token)."""
         ttft = None if first_token is None else first_token - start
         speed = None
@@ -61,8 +63,9 @@ class Answer:
     boxes: list[list[float]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # "stop" | "length" | "error" (batch items that failed)
     model: str | None = None
+    error: str | None = None
 
     @classmethod
     def from_raw(cls, raw: str, **fields: Any) -> Answer:
@@ -122,4 +125,9 @@ def strip_box_tags(text: str) -> str:
 def box_to_pixels(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
     """Map a 0-1000 box to pixel coordinates of a width x height image."""
     x1, y1, x2, y2 = box
-    return (round(x1 / 1000 * width), round(y1 / 1000 * height), round(x2 / 1000 * width), round(y2 / 1000 * height))
+    return (
+        round(x1 / 1000 * width),
+        round(y1 / 1000 * height),
+        round(x2 / 1000 * width),
+        round(y2 / 1000 * height),
+    )

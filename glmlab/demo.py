@@ -52,13 +52,25 @@ def stage_load(ctx: DemoContext) -> None:
 
 def stage_ask(ctx: DemoContext) -> None:
     image = demo_image()
-    questions = ["What shapes are in the image?", "What colour is the circle?", "Describe the picture briefly."]
+    questions = [
+        "What shapes are in the image?",
+        "What colour is the circle?",
+        "Describe the picture briefly.",
+    ]
     rows = []
     for question in questions:
         answer = ctx.vlm.ask(image, question, thinking=False, max_new_tokens=24, temperature=0)
-        rows.append({"question": question, "answer": answer.text, "ttft_s": answer.timing.ttft_s,
-                     "total_s": answer.timing.total_s, "tokens/s": answer.timing.decode_tokens_per_s,
-                     "prompt_tokens": answer.usage.prompt_tokens, "image_tokens": answer.usage.image_tokens})
+        rows.append(
+            {
+                "question": question,
+                "answer": answer.text,
+                "ttft_s": answer.timing.ttft_s,
+                "total_s": answer.timing.total_s,
+                "tokens/s": answer.timing.decode_tokens_per_s,
+                "prompt_tokens": answer.usage.prompt_tokens,
+                "image_tokens": answer.usage.image_tokens,
+            }
+        )
     table = pd.DataFrame(rows)
     ctx.results["answers"] = table
     with pd.option_context("display.max_colwidth", 40, "display.width", 160, "display.precision", 3):
@@ -70,8 +82,10 @@ def stage_stream(ctx: DemoContext) -> None:
     pieces = [piece for piece in stream]
     ctx.echo("streamed: " + "".join(pieces))
     answer = stream.answer
-    ctx.echo(f"(thinking: {answer.thinking!r:.60}; finish: {answer.finish_reason}; "
-             f"ttft {answer.timing.ttft_s:.3f} s; {answer.usage.completion_tokens} tokens)")
+    ctx.echo(
+        f"(thinking: {answer.thinking!r:.60}; finish: {answer.finish_reason}; "
+        f"ttft {answer.timing.ttft_s:.3f} s; {answer.usage.completion_tokens} tokens)"
+    )
 
 
 STAGES: list[Stage] = [
@@ -81,11 +95,18 @@ STAGES: list[Stage] = [
 ]
 
 
-def run(model: str = "tiny", *, stages: list[str] | None = None, work_dir: Path | None = None,
-        echo: Callable[[str], None] = print) -> DemoContext:
+def run(
+    model: str = "tiny",
+    *,
+    stages: list[str] | None = None,
+    work_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> DemoContext:
     """Run the demo's stages in order (all by default) and return their shared context."""
     selected = [stage for stage in STAGES if stages is None or stage.name in stages]
-    ctx = DemoContext(model=model, work_dir=Path(work_dir or tempfile.mkdtemp(prefix="glmlab-demo-")), echo=echo)
+    ctx = DemoContext(
+        model=model, work_dir=Path(work_dir or tempfile.mkdtemp(prefix="glmlab-demo-")), echo=echo
+    )
     for number, stage in enumerate(selected, 1):
         echo(f"\n== [{number}/{len(selected)}] {stage.name}: {stage.description}")
         stage.run(ctx)

@@ -21,12 +21,27 @@ from glmlab.answer import Answer
 from glmlab.errors import InputError
 
 # GLM-4.6V-Flash model card: top_p 0.6, top_k 2, temperature 0.8, repetition_penalty 1.1.
-RECOMMENDED_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_p": 0.6, "top_k": 2,
-                        "repetition_penalty": 1.1}
+RECOMMENDED_SAMPLING = {
+    "do_sample": True,
+    "temperature": 0.8,
+    "top_p": 0.6,
+    "top_k": 2,
+    "repetition_penalty": 1.1,
+}
 DEFAULT_MAX_NEW_TOKENS = 2048  # when the checkpoint sets none; thinking answers can need up to 16K
 # Structural tokens that never belong in answer text (eos ids are added per checkpoint).
-STRUCTURAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>",
-                     "<|assistant|>", "<|observation|>", "<|endoftext|>")
+STRUCTURAL_TOKENS = (
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "<sop>",
+    "<eop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<|endoftext|>",
+)
 
 
 @dataclass
@@ -50,7 +65,12 @@ class GenerationSettings:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         checks = [
-            ("max_new_tokens", self.max_new_tokens, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+            (
+                "max_new_tokens",
+                self.max_new_tokens,
+                lambda v: isinstance(v, int) and v >= 1,
+                "an integer >= 1",
+            ),
             ("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
             ("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
             ("top_k", self.top_k, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
@@ -135,8 +155,12 @@ class StopSignal(StoppingCriteria):
     def __init__(self, event: threading.Event) -> None:
         self.event = event
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
 
 
 class Stream:

@@ -59,8 +59,10 @@ def to_pil(source: Any, **options: Any) -> list[Image.Image]:
         return [_from_array(source, "numpy array", opts)]
     if _is_torch_tensor(source):
         return _from_tensor(source, opts)
-    raise InputError(f"{type(source).__name__} object: not an image input. Supported: a path, bytes, a data URL, "
-                     f"PIL image, numpy array, torch tensor ({SUPPORTED}).")
+    raise InputError(
+        f"{type(source).__name__} object: not an image input. Supported: a path, bytes, a data URL, "
+        f"PIL image, numpy array, torch tensor ({SUPPORTED})."
+    )
 
 
 def to_pil_list(sources: Any, **options: Any) -> list[Image.Image]:
@@ -76,8 +78,10 @@ def load_image(source: Any, **options: Any) -> Image.Image:
     """Exactly one image (a one-page PDF or one-frame DICOM counts)."""
     images = to_pil(source, **options)
     if len(images) != 1:
-        raise InputError(f"{describe(source)}: holds {len(images)} images where one was expected; "
-                         "pass one page or frame, or use to_pil() for all of them.")
+        raise InputError(
+            f"{describe(source)}: holds {len(images)} images where one was expected; "
+            "pass one page or frame, or use to_pil() for all of them."
+        )
     return images[0]
 
 
@@ -101,13 +105,16 @@ def image_to_data_url(image: Image.Image, fmt: str = "PNG") -> str:
 
 # ---- strings and paths ---------------------------------------------------------------------------
 
+
 def _from_string(text: str, opts: ImageOptions) -> list[Image.Image]:
     if text.startswith("data:"):
         return _from_bytes(_decode_data_url(text), describe(text), opts)
     if text.startswith(("http://", "https://")):
         if not opts.allow_urls:
-            raise InputError(f"{text}: http(s) URLs are refused by default; pass allow_urls=True to fetch it, "
-                             "or download the file and pass its path.")
+            raise InputError(
+                f"{text}: http(s) URLs are refused by default; pass allow_urls=True to fetch it, "
+                "or download the file and pass its path."
+            )
         return _from_bytes(_fetch_url(text, opts.url_timeout_s), text, opts)
     return _from_path(Path(text), opts)
 
@@ -143,6 +150,7 @@ def _from_path(path: Path, opts: ImageOptions) -> list[Image.Image]:
 
 # ---- bytes: sniff the format ---------------------------------------------------------------------
 
+
 def _from_bytes(data: bytes, name: str, opts: ImageOptions) -> list[Image.Image]:
     if not data:
         raise InputError(f"{name}: empty input (0 bytes).")
@@ -157,7 +165,9 @@ def _from_raster(data: bytes, name: str, opts: ImageOptions) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise InputError(f"{name}: not an image (PIL could not identify it). Supported: {SUPPORTED}.") from None
+        raise InputError(
+            f"{name}: not an image (PIL could not identify it). Supported: {SUPPORTED}."
+        ) from None
     except Image.DecompressionBombError as error:
         raise InputError(f"{name}: refused as a decompression bomb ({error}); downscale it.") from None
     _check_pixels(image.size, name, opts)
@@ -173,9 +183,11 @@ def _from_raster(data: bytes, name: str, opts: ImageOptions) -> Image.Image:
 def _check_pixels(size: tuple[int, int], name: str, opts: ImageOptions) -> None:
     width, height = size
     if width * height > opts.max_input_pixels:
-        raise InputError(f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
-                         f"{opts.max_input_pixels:,} (a decompression bomb guard); downscale it or raise "
-                         "max_input_pixels.")
+        raise InputError(
+            f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
+            f"{opts.max_input_pixels:,} (a decompression bomb guard); downscale it or raise "
+            "max_input_pixels."
+        )
     if width == 0 or height == 0:
         raise InputError(f"{name}: image has no pixels ({width}x{height}).")
 
@@ -195,6 +207,7 @@ def _checked_rgb(image: Image.Image, name: str, opts: ImageOptions) -> Image.Ima
 
 
 # ---- PDF and DICOM -------------------------------------------------------------------------------
+
 
 def _from_pdf(data: bytes, name: str, opts: ImageOptions) -> list[Image.Image]:
     import pypdfium2 as pdfium
@@ -252,8 +265,12 @@ def _dicom_window(dataset: Any) -> tuple[float, float] | None:
     centre, width = getattr(dataset, "WindowCenter", None), getattr(dataset, "WindowWidth", None)
     if centre is None or width is None:
         return None
-    first = lambda value: float(value[0]) if isinstance(value, Iterable) and not isinstance(value, str) else float(value)  # noqa: E731
-    return first(centre), first(width)
+    return _first_value(centre), _first_value(width)
+
+
+def _first_value(value: Any) -> float:
+    """DICOM window fields may hold several values; the first is the default window."""
+    return float(value[0]) if isinstance(value, Iterable) and not isinstance(value, str) else float(value)
 
 
 def _apply_window(values: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
@@ -267,6 +284,7 @@ def _apply_window(values: np.ndarray, window: tuple[float, float] | None) -> np.
 
 
 # ---- arrays and tensors --------------------------------------------------------------------------
+
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
     """Min-max scale any numeric array to uint8 (used for 16-bit images and unwindowed DICOM)."""
@@ -290,7 +308,9 @@ def _from_array(array: np.ndarray, name: str, opts: ImageOptions) -> Image.Image
         if not np.isfinite(array).all():
             raise InputError(f"{name}: holds NaN or infinite values.")
         if array.min() < 0 or array.max() > 1:
-            raise InputError(f"{name}: float images must be in 0-1 (got {array.min():.3g}..{array.max():.3g}).")
+            raise InputError(
+                f"{name}: float images must be in 0-1 (got {array.min():.3g}..{array.max():.3g})."
+            )
         pixels = np.round(array * 255).astype(np.uint8)
     elif np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
         pixels = _to_uint8(array)
@@ -305,7 +325,9 @@ def _is_torch_tensor(source: Any) -> bool:
 
 def _from_tensor(tensor: Any, opts: ImageOptions) -> list[Image.Image]:
     """CHW and HWC tensors give one image, [B,H,W,C] (ComfyUI's IMAGE) gives B images."""
-    array = tensor.detach().cpu().float().numpy() if tensor.is_floating_point() else tensor.detach().cpu().numpy()
+    array = (
+        tensor.detach().cpu().float().numpy() if tensor.is_floating_point() else tensor.detach().cpu().numpy()
+    )
     if array.ndim == 4:
         return [_from_array(frame, f"tensor batch item {index}", opts) for index, frame in enumerate(array)]
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):

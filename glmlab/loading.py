@@ -30,9 +30,17 @@ def glmlab_home() -> Path:
     return Path(os.environ.get("GLMLAB_HOME", Path.home() / ".cache" / "glmlab"))
 
 
-def load(model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
-         quantize: str | None = None, adapter: str | Path | None = None, max_image_pixels: int | None = None,
-         revision: str | None = None, allow_urls: bool = False):
+def load(
+    model: str | Path = DEFAULT_MODEL,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    quantize: str | None = None,
+    adapter: str | Path | None = None,
+    max_image_pixels: int | None = None,
+    revision: str | None = None,
+    allow_urls: bool = False,
+):
     """Load a GLM-V model and its processor; returns a `VLM`.
 
     model: a hub id (default GLM-4.6V-Flash), a local checkpoint folder, or "tiny" (random weights).
@@ -60,13 +68,22 @@ def load(model: str | Path = DEFAULT_MODEL, *, dtype: str = "auto", device: str 
     except (OSError, ValueError) as error:
         raise _load_error(model, source, error) from None
     if not hasattr(processor, "image_processor"):
-        raise ModelLoadError(f"{model}: AutoProcessor returned a bare {type(processor).__name__}, not a "
-                             "vision processor; install transformers>=5.24 (models/glm46v).")
+        raise ModelLoadError(
+            f"{model}: AutoProcessor returned a bare {type(processor).__name__}, not a "
+            "vision processor; install transformers>=5.24 (models/glm46v)."
+        )
     if device == "cpu" and quantization is None:
         network.to("cpu")
     network.eval()
-    vlm = VLM(network, processor, name=str(model), source=str(source), max_image_pixels=max_image_pixels,
-              allow_urls=allow_urls, quantized=quantize)
+    vlm = VLM(
+        network,
+        processor,
+        name=str(model),
+        source=str(source),
+        max_image_pixels=max_image_pixels,
+        allow_urls=allow_urls,
+        quantized=quantize,
+    )
     if adapter is not None:
         vlm.load_adapter(adapter)
     return vlm
@@ -76,28 +93,40 @@ def resolve_source(model: str | Path) -> str:
     """A local folder, the tiny checkpoint's cache folder, or the hub id unchanged."""
     if str(model) == "tiny":
         path = tiny.ensure(glmlab_home())
-        warnings.warn("glmlab 'tiny' checkpoint: RANDOM WEIGHTS, its answers are noise. It exists to test "
-                      "the pipeline offline; load a real model for real answers.", UserWarning, stacklevel=3)
+        warnings.warn(
+            "glmlab 'tiny' checkpoint: RANDOM WEIGHTS, its answers are noise. It exists to test "
+            "the pipeline offline; load a real model for real answers.",
+            UserWarning,
+            stacklevel=3,
+        )
         return str(path)
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
-            raise ModelLoadError(f"{model}: is not a checkpoint folder (no config.json). Pass a folder saved "
-                                 "by save_pretrained or downloaded from the hub, or a hub id.")
+            raise ModelLoadError(
+                f"{model}: is not a checkpoint folder (no config.json). Pass a folder saved "
+                "by save_pretrained or downloaded from the hub, or a hub id."
+            )
         return str(path)
     if str(model).startswith((".", "/", "~")) or str(model).count("/") > 1:
-        raise ModelLoadError(f"{model}: no such folder. Pass an existing checkpoint folder, a hub id such "
-                             f"as {DEFAULT_MODEL!r}, or 'tiny'.")
+        raise ModelLoadError(
+            f"{model}: no such folder. Pass an existing checkpoint folder, a hub id such "
+            f"as {DEFAULT_MODEL!r}, or 'tiny'."
+        )
     return str(model)
 
 
 def resolve_device(device: str) -> str:
     if device == "auto":
         chosen = "cuda" if torch.cuda.is_available() else "cpu"
-        logger.info("device='auto' -> %s (%s)", chosen, "a CUDA GPU is present" if chosen == "cuda" else "no GPU")
+        logger.info(
+            "device='auto' -> %s (%s)", chosen, "a CUDA GPU is present" if chosen == "cuda" else "no GPU"
+        )
         return chosen
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"device={device!r}: no CUDA GPU is available on this machine; use device='cpu'.")
+        raise ModelLoadError(
+            f"device={device!r}: no CUDA GPU is available on this machine; use device='cpu'."
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise ModelLoadError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'.")
     return device
@@ -123,19 +152,28 @@ def quantization_config(quantize: str | None, device: str, dtype: torch.dtype):
     if quantize not in QUANTIZE:
         raise ModelLoadError(f"quantize={quantize!r}: expected None, '8bit' or '4bit'.")
     if not device.startswith("cuda"):
-        raise ModelLoadError(f"quantize={quantize!r} needs a CUDA GPU (bitsandbytes); the device is {device}. "
-                             "Load without quantize on a CPU.")
+        raise ModelLoadError(
+            f"quantize={quantize!r} needs a CUDA GPU (bitsandbytes); the device is {device}. "
+            "Load without quantize on a CPU."
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise ModelLoadError(f"quantize={quantize!r} needs bitsandbytes: pip install 'glmlab[quant]'.") from None
+        raise ModelLoadError(
+            f"quantize={quantize!r} needs bitsandbytes: pip install 'glmlab[quant]'."
+        ) from None
     from transformers import BitsAndBytesConfig
 
     skip = ["visual", "lm_head"]
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+        llm_int8_skip_modules=skip,
+    )
 
 
 def _load_error(model: str | Path, source: str, error: Exception) -> ModelLoadError:
@@ -146,4 +184,5 @@ def _load_error(model: str | Path, source: str, error: Exception) -> ModelLoadEr
         f"{model}: could not be loaded. It is not a local folder, and it could not be downloaded from the "
         f"Hugging Face hub ({reason}). Offline? Use glmlab.load('tiny') for the built-in test checkpoint "
         f"(random weights), or download the model on a connected machine (huggingface-cli download {model} "
-        "--local-dir DIR) and pass that folder: glmlab.load('DIR').")
+        "--local-dir DIR) and pass that folder: glmlab.load('DIR')."
+    )

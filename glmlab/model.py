@@ -18,11 +18,27 @@ from typing import Any
 
 import torch
 
-from glmlab import prompts
+from glmlab import batching, prompts
 from glmlab.answer import Answer, Timing, Usage
-from glmlab.errors import AdapterError, InputError
-from glmlab.generation import (STRUCTURAL_TOKENS, GenerationSettings, StopSignal, Stream, TextClock, TokenClock,
-                               generation_config, seed_everything)
+from glmlab.errors import AdapterError, GlmlabError, InputError
+from glmlab.generation import (
+    STRUCTURAL_TOKENS,
+    GenerationSettings,
+    StopSignal,
+    Stream,
+    TextClock,
+    TokenClock,
+    generation_config,
+    seed_everything,
+)
+from glmlab.prefix_cache import (
+    DEFAULT_CACHE_BYTES,
+    PrefixCache,
+    compute_prefix,
+    generate_inputs_from_prefix,
+    image_digest,
+    prefix_length,
+)
 
 logger = logging.getLogger(__name__)
 _ACTIVE = object()  # "use the adapter set with set_adapter"
@@ -44,8 +60,18 @@ class Prompt:
 class VLM:
     """A GLM-V model with its processor. Create it with `glmlab.load(...)`."""
 
-    def __init__(self, model: Any, processor: Any, *, name: str, source: str, max_image_pixels: int | None = None,
-                 allow_urls: bool = False, quantized: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        name: str,
+        source: str,
+        max_image_pixels: int | None = None,
+        allow_urls: bool = False,
+        quantized: str | None = None,
+        prefix_cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -58,10 +84,14 @@ class VLM:
         self.active_adapter: str | None = None
         self.lock = threading.RLock()
         self.image_token_id = model.config.image_token_id
+        self.end_of_image_id = model.config.image_end_token_id
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.eos_token_ids = _eos_ids(model)
         self.hidden_token_ids = self.eos_token_ids | {
-            token_id for token_id in self.tokenizer.convert_tokens_to_ids(list(STRUCTURAL_TOKENS))
-            if token_id is not None and token_id != self.tokenizer.unk_token_id}
+            token_id
+            for token_id in self.tokenizer.convert_tokens_to_ids(list(STRUCTURAL_TOKENS))
+            if token_id is not None and token_id != self.tokenizer.unk_token_id
+        }
 
     def __repr__(self) -> str:
         adapters = f", adapters={list(self.adapters)}" if self.adapters else ""
@@ -77,65 +107,252 @@ class VLM:
 
     # ---- asking --------------------------------------------------------------------------------
 
-    def ask(self, images: Any, question: str, *, system: str | None = None, thinking: bool | None = None,
-            adapter: Any = _ACTIVE, max_image_pixels: int | None = None, **gen: Any) -> Answer:
+    def ask(
+        self,
+        images: Any,
+        question: str,
+        *,
+        system: str | None = None,
+        thinking: bool | None = None,
+        adapter: Any = _ACTIVE,
+        max_image_pixels: int | None = None,
+        cache: bool = True,
+        **gen: Any,
+    ) -> Answer:
         """Answer one question about zero or more images (any input `glmlab.images.to_pil` takes).
 
         thinking: None keeps the model's default (on for GLM-4.6V), False renders `/nothink`.
         adapter: a loaded adapter's name, None for the base model; default the active adapter.
+        cache: reuse the image prefix's KV cache across questions about the same images.
         gen: max_new_tokens, temperature (0 = greedy), top_p, top_k, repetition_penalty, seed, stop.
         """
         messages = prompts.question_messages(images, question, system)
-        return self.chat(messages, thinking=thinking, adapter=adapter, max_image_pixels=max_image_pixels, **gen)
+        return self.chat(
+            messages,
+            thinking=thinking,
+            adapter=adapter,
+            max_image_pixels=max_image_pixels,
+            cache=cache,
+            **gen,
+        )
 
-    def chat(self, messages: list[dict[str, Any]], *, thinking: bool | None = None, adapter: Any = _ACTIVE,
-             max_image_pixels: int | None = None, **gen: Any) -> Answer:
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        thinking: bool | None = None,
+        adapter: Any = _ACTIVE,
+        max_image_pixels: int | None = None,
+        cache: bool = True,
+        **gen: Any,
+    ) -> Answer:
         """Answer the last turn of a conversation (OpenAI or transformers message format)."""
         settings = GenerationSettings(**gen)
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
-        return self._generate(prompt, settings, adapter, TokenClock(), None)
+        return self._generate(
+            prompt, settings, adapter, TokenClock(), None, self.prefix_cache if cache else None
+        )
+
+    def batch(
+        self,
+        items: list[Any],
+        *,
+        batch_size: int = 8,
+        thinking: bool | None = None,
+        adapter: Any = _ACTIVE,
+        max_image_pixels: int | None = None,
+        progress: bool = False,
+        **gen: Any,
+    ) -> list[Answer]:
+        """Answer many items in batches; answers come back in input order.
+
+        items: (images, question) tuples, {"images", "question", "system"} or {"messages"} dicts.
+        A bad item gets an Answer with finish_reason "error" and `error` set; the others still run.
+        All answers of one batch share its timing (TTFT is the batch's first token).
+        """
+        from tqdm.auto import tqdm
+
+        settings = GenerationSettings(**gen)
+        prepared = [
+            self._prepare_item(index, item, thinking, max_image_pixels) for index, item in enumerate(items)
+        ]
+        answers: list[Answer | None] = [None] * len(items)
+        for item in prepared:
+            if item.error is not None:
+                answers[item.index] = Answer(text="", finish_reason="error", error=item.error)
+        groups = batching.group_for_padding([item for item in prepared if item.error is None], batch_size)
+        for group in tqdm(groups, desc="batches", disable=not progress):
+            for item, answer in zip(group, self._generate_batch(group, settings, adapter), strict=True):
+                answers[item.index] = answer
+        return answers  # type: ignore[return-value]
+
+    def session(self, images: Any, *, system: str | None = None, **options: Any) -> Session:
+        """A handle for many questions about the same images: images load once, their prefix is kept."""
+        return Session(self, prompts.question_messages(images, "", system)[:-1], images, system, options)
 
     def stream(self, images: Any, question: str, *, system: str | None = None, **options: Any) -> Stream:
         """Like `ask`, but returns a `Stream` of text pieces as they are generated (then `.answer`)."""
         return self.chat_stream(prompts.question_messages(images, question, system), **options)
 
-    def chat_stream(self, messages: list[dict[str, Any]], *, thinking: bool | None = None, adapter: Any = _ACTIVE,
-                    max_image_pixels: int | None = None, **gen: Any) -> Stream:
+    def chat_stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        thinking: bool | None = None,
+        adapter: Any = _ACTIVE,
+        max_image_pixels: int | None = None,
+        cache: bool = True,
+        **gen: Any,
+    ) -> Stream:
         """Like `chat`, streamed. Bad input raises here, before any thread starts."""
         settings = GenerationSettings(**gen)
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
         streamer = TextClock(self.tokenizer, self.hidden_token_ids)
-        return Stream(lambda clock, stop: self._generate(prompt, settings, adapter, clock, stop), streamer)
+        cache = self.prefix_cache if cache else None
+        return Stream(
+            lambda clock, stop: self._generate(prompt, settings, adapter, clock, stop, cache), streamer
+        )
 
-    def prepare(self, messages: list[dict[str, Any]], *, thinking: bool | None = None,
-                max_image_pixels: int | None = None, add_generation_prompt: bool = True) -> Prompt:
+    def prepare(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        thinking: bool | None = None,
+        max_image_pixels: int | None = None,
+        add_generation_prompt: bool = True,
+    ) -> Prompt:
         """Render and tokenise a conversation with the checkpoint's own template and processor."""
         conversation = prompts.to_conversation(messages, allow_urls=self.allow_urls)
-        text = prompts.render(self.processor, conversation.messages, thinking=thinking,
-                              add_generation_prompt=add_generation_prompt)
-        features = prompts.encode(self.processor, [text], [conversation.images],
-                                  max_image_pixels=max_image_pixels or self.max_image_pixels)
+        text = prompts.render(
+            self.processor,
+            conversation.messages,
+            thinking=thinking,
+            add_generation_prompt=add_generation_prompt,
+        )
+        features = prompts.encode(
+            self.processor,
+            [text],
+            [conversation.images],
+            max_image_pixels=max_image_pixels or self.max_image_pixels,
+        )
         return Prompt(text, conversation.images, features)
 
     # ---- generation ----------------------------------------------------------------------------
 
-    def _generate(self, prompt: Prompt, settings: GenerationSettings, adapter: Any, clock: Any,
-                  stop: threading.Event | None) -> Answer:
+    def _generate(
+        self,
+        prompt: Prompt,
+        settings: GenerationSettings,
+        adapter: Any,
+        clock: Any,
+        stop: threading.Event | None,
+        prefix_cache: PrefixCache | None = None,
+    ) -> Answer:
         config = generation_config(self.model.generation_config, settings)
         inputs = self._to_device(prompt.features)
         criteria = [StopSignal(stop)] if stop is not None else []
         with self.lock, self.using_adapter(adapter), torch.inference_mode():
             seed_everything(settings.seed)
             start = time.perf_counter()
-            output = self.model.generate(**inputs, generation_config=config, streamer=clock,
-                                         stopping_criteria=criteria or None, tokenizer=self.tokenizer)
+            if prefix_cache is not None:
+                inputs = self._continue_from_prefix(inputs, prompt, prefix_cache)
+            output = self.model.generate(
+                **inputs,
+                generation_config=config,
+                streamer=clock,
+                stopping_criteria=criteria or None,
+                tokenizer=self.tokenizer,
+            )
             end = time.perf_counter()
-        clock.end() if isinstance(clock, TokenClock) else None
-        new_ids = output[0, inputs["input_ids"].shape[1]:].tolist()
+        new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
         return self.decode_answer(new_ids, prompt, settings, start, clock.first_token_time, end, adapter)
 
-    def decode_answer(self, new_ids: list[int], prompt: Prompt, settings: GenerationSettings, start: float,
-                      first_token: float | None, end: float, adapter: Any) -> Answer:
+    def _continue_from_prefix(
+        self, inputs: dict[str, torch.Tensor], prompt: Prompt, prefix_cache: PrefixCache
+    ):
+        """Generate kwargs that start from the cached image prefix (computed now on a miss)."""
+        length = prefix_length(inputs["input_ids"], self.end_of_image_id)
+        if length == 0:
+            return inputs
+        grid = inputs["image_grid_thw"].tolist()
+        key = (
+            self.active_adapter,
+            str(self.dtype),
+            image_digest(prompt.images),
+            str(grid),
+            tuple(inputs["input_ids"][0, :length].tolist()),
+        )
+        entry = prefix_cache.get(key)
+        if entry is None:
+            entry = compute_prefix(self.model, inputs, length)
+            prefix_cache.put(key, entry)
+        return generate_inputs_from_prefix(self.model, inputs, entry)
+
+    def _prepare_item(
+        self, index: int, item: Any, thinking: bool | None, max_image_pixels: int | None
+    ) -> batching.BatchItem:
+        try:
+            messages = batching.item_messages(item, prompts.question_messages)
+            prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+        except GlmlabError as error:
+            return batching.BatchItem(index, None, error=str(error))
+        return batching.BatchItem(index, messages, prompt)
+
+    def _generate_batch(
+        self, group: list[batching.BatchItem], settings: GenerationSettings, adapter: Any
+    ) -> list[Answer]:
+        """One generate call for a group; if it fails, each item alone so one bad item loses only itself."""
+        if len(group) == 1:
+            return [self._generate_one_safely(group[0], settings, adapter)]
+        collated = batching.collate_left_padded(
+            [item.prompt.features for item in group], self.tokenizer.pad_token_id
+        )
+        inputs = self._to_device(collated)
+        config = generation_config(self.model.generation_config, settings)
+        clock = TokenClock()
+        try:
+            with self.lock, self.using_adapter(adapter), torch.inference_mode():
+                seed_everything(settings.seed)
+                start = time.perf_counter()
+                output = self.model.generate(
+                    **inputs, generation_config=config, streamer=clock, tokenizer=self.tokenizer
+                )
+                end = time.perf_counter()
+        except (RuntimeError, ValueError) as error:
+            logger.warning("a batch of %d failed (%s); answering its items one by one", len(group), error)
+            return [self._generate_one_safely(item, settings, adapter) for item in group]
+        width = inputs["input_ids"].shape[1]
+        return [
+            self.decode_answer(
+                output[row, width:].tolist(),
+                item.prompt,
+                settings,
+                start,
+                clock.first_token_time,
+                end,
+                adapter,
+            )
+            for row, item in enumerate(group)
+        ]
+
+    def _generate_one_safely(
+        self, item: batching.BatchItem, settings: GenerationSettings, adapter: Any
+    ) -> Answer:
+        try:
+            return self._generate(item.prompt, settings, adapter, TokenClock(), None)
+        except (GlmlabError, RuntimeError, ValueError) as error:
+            return Answer(text="", finish_reason="error", error=f"{type(error).__name__}: {error}")
+
+    def decode_answer(
+        self,
+        new_ids: list[int],
+        prompt: Prompt,
+        settings: GenerationSettings,
+        start: float,
+        first_token: float | None,
+        end: float,
+        adapter: Any,
+    ) -> Answer:
         """Turn generated ids into an Answer: cut at the first eos, hide structural tokens, apply stops."""
         finish_reason, completion = "length", new_ids
         for index, token in enumerate(new_ids):
@@ -148,11 +365,16 @@ class VLM:
             if stop in raw:
                 raw, finish_reason = raw.split(stop, 1)[0], "stop"
         counted = len(completion) + (finish_reason == "stop" and len(completion) < len(new_ids))
-        usage = Usage(prompt_tokens=prompt.prompt_tokens, completion_tokens=counted,
-                      image_tokens=int((prompt.features["input_ids"] == self.image_token_id).sum()))
+        usage = Usage(
+            prompt_tokens=prompt.prompt_tokens,
+            completion_tokens=counted,
+            image_tokens=int((prompt.features["input_ids"] == self.image_token_id).sum()),
+        )
         timing = Timing.from_times(start, first_token, end, counted)
         name = self.active_adapter if adapter is _ACTIVE else adapter
-        return Answer.from_raw(raw, usage=usage, timing=timing, finish_reason=finish_reason, model=name or self.name)
+        return Answer.from_raw(
+            raw, usage=usage, timing=timing, finish_reason=finish_reason, model=name or self.name
+        )
 
     def _to_device(self, features: Any) -> dict[str, torch.Tensor]:
         inputs = {key: value.to(self.device) for key, value in features.items()}
@@ -168,14 +390,19 @@ class VLM:
         check_adapter_folder(path)
         name = name or path.name
         if name in self.adapters:
-            raise AdapterError(f"adapter name {name!r} is already loaded (from {self.adapters[name]}); "
-                               "unload it first or choose another name.")
+            raise AdapterError(
+                f"adapter name {name!r} is already loaded (from {self.adapters[name]}); "
+                "unload it first or choose another name."
+            )
         with self.lock:
             try:
                 self.model.load_adapter(str(path), adapter_name=name)
             except (ValueError, KeyError, RuntimeError, OSError) as error:
-                raise AdapterError(f"{path}: could not be loaded as a LoRA adapter for {self.name} ({error}).") from None
+                raise AdapterError(
+                    f"{path}: could not be loaded as a LoRA adapter for {self.name} ({error})."
+                ) from None
             self.adapters[name] = str(path)
+            self.prefix_cache.clear()
             if activate:
                 self.set_adapter(name)
             elif self.active_adapter is None:
@@ -199,6 +426,7 @@ class VLM:
             self._check_adapter(name)
             self.model.delete_adapter(name)
             del self.adapters[name]
+            self.prefix_cache.clear()
             if self.active_adapter == name:
                 self.active_adapter = None
             if not self.adapters:
@@ -222,7 +450,42 @@ class VLM:
     def _check_adapter(self, name: str) -> None:
         if name not in self.adapters:
             known = ", ".join(self.adapters) or "none loaded"
-            raise AdapterError(f"adapter {name!r} is not loaded (loaded: {known}); use load_adapter(path, name).")
+            raise AdapterError(
+                f"adapter {name!r} is not loaded (loaded: {known}); use load_adapter(path, name)."
+            )
+
+
+class Session:
+    """Many questions about the same images (`vlm.session(images)`), their prefix computed once.
+
+    The session keeps its own prefix cache (never evicted by other calls) and its loaded images.
+    """
+
+    def __init__(
+        self,
+        vlm: VLM,
+        system_messages: list[dict[str, Any]],
+        images: Any,
+        system: str | None,
+        options: dict[str, Any],
+    ) -> None:
+        from glmlab.images import to_pil_list
+
+        self.vlm = vlm
+        self.images = to_pil_list(images, allow_urls=vlm.allow_urls)
+        self.system = system
+        self.options = options
+        self.prefix_cache = PrefixCache(max_bytes=2**62)
+
+    def ask(self, question: str, **options: Any) -> Answer:
+        merged = {**self.options, **options}
+        thinking, adapter = merged.pop("thinking", None), merged.pop("adapter", _ACTIVE)
+        max_image_pixels = merged.pop("max_image_pixels", None)
+        messages = prompts.question_messages(self.images, question, self.system)
+        prompt = self.vlm.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+        return self.vlm._generate(
+            prompt, GenerationSettings(**merged), adapter, TokenClock(), None, self.prefix_cache
+        )
 
 
 def check_adapter_folder(path: Path) -> None:
@@ -232,13 +495,20 @@ def check_adapter_folder(path: Path) -> None:
     if not (path / "adapter_config.json").exists():
         raise AdapterError(f"{path}: not a PEFT adapter folder (no adapter_config.json).")
     if not (path / "adapter_model.safetensors").exists():
-        pickled = " (only a pickled adapter_model.bin, refused as unsafe)" if (path / "adapter_model.bin").exists() else ""
+        pickled = (
+            " (only a pickled adapter_model.bin, refused as unsafe)"
+            if (path / "adapter_model.bin").exists()
+            else ""
+        )
         raise AdapterError(f"{path}: no adapter_model.safetensors{pickled}; save adapters with safetensors.")
 
 
 def _eos_ids(model: Any) -> set[int]:
     ids: set[int] = set()
-    for source in (model.generation_config.eos_token_id, getattr(model.config.get_text_config(), "eos_token_id", None)):
+    for source in (
+        model.generation_config.eos_token_id,
+        getattr(model.config.get_text_config(), "eos_token_id", None),
+    ):
         if isinstance(source, int):
             ids.add(source)
         elif source:

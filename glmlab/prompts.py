@@ -35,7 +35,9 @@ def pixel_budget_size(max_image_pixels: int) -> dict[str, int]:
     image whole (~1,340 image tokens for GLM-4.6V-Flash), larger images are scaled down to fit.
     """
     if max_image_pixels < 28 * 28:
-        raise InputError(f"max_image_pixels={max_image_pixels}: must be at least 784 (one 28x28 image token).")
+        raise InputError(
+            f"max_image_pixels={max_image_pixels}: must be at least 784 (one 28x28 image token)."
+        )
     return {"shortest_edge": min(12544, 2 * max_image_pixels), "longest_edge": 2 * max_image_pixels}
 
 
@@ -60,7 +62,9 @@ def to_conversation(messages: list[dict[str, Any]], **image_options: Any) -> Con
     normalised, images = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise InputError(f"messages[{index}]: expected a dict with 'role' in {ROLES}, got {message!r:.80}.")
+            raise InputError(
+                f"messages[{index}]: expected a dict with 'role' in {ROLES}, got {message!r:.80}."
+            )
         content = message.get("content")
         if content is None or isinstance(content, str):
             normalised.append(_copy_message(message, content or ""))
@@ -69,26 +73,35 @@ def to_conversation(messages: list[dict[str, Any]], **image_options: Any) -> Con
             raise InputError(f"messages[{index}].content: expected a string or a list of parts.")
         parts = []
         for position, part in enumerate(content):
-            new_parts, new_images = _normalise_part(part, f"messages[{index}].content[{position}]", image_options)
+            new_parts, new_images = _normalise_part(
+                part, f"messages[{index}].content[{position}]", image_options
+            )
             parts += new_parts
             images += new_images
         normalised.append(_copy_message(message, parts))
     return Conversation(normalised, images)
 
 
-def render(processor: Any, messages: list[dict[str, Any]], *, thinking: bool | None = None,
-           add_generation_prompt: bool = True) -> str:
+def render(
+    processor: Any,
+    messages: list[dict[str, Any]],
+    *,
+    thinking: bool | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
     """The prompt text of `messages` under the checkpoint's chat template.
 
     `thinking=None` keeps the model's default (GLM-4.6V: on); False passes enable_thinking=False.
     """
     kwargs = {} if thinking is None else {"enable_thinking": bool(thinking)}
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         **kwargs)
+    return processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+    )
 
 
-def encode(processor: Any, texts: list[str], images: list[list[Image.Image]], *,
-           max_image_pixels: int | None = None) -> Any:
+def encode(
+    processor: Any, texts: list[str], images: list[list[Image.Image]], *, max_image_pixels: int | None = None
+) -> Any:
     """Tokenise prompt texts and expand their image placeholders (left-padded when several).
 
     Returns the processor's BatchFeature without `token_type_ids` (the model card drops it).
@@ -99,8 +112,9 @@ def encode(processor: Any, texts: list[str], images: list[list[Image.Image]], *,
     flat = [image for sample in images for image in sample]
     batch_images = (images if len(texts) > 1 else images[0]) if flat else None
     try:
-        features = processor(text=texts, images=batch_images, return_tensors="pt", padding=len(texts) > 1,
-                             **kwargs)
+        features = processor(
+            text=texts, images=batch_images, return_tensors="pt", padding=len(texts) > 1, **kwargs
+        )
     except ValueError as error:  # e.g. an aspect ratio over 200:1, placeholder/image count mismatch
         raise InputError(f"the images could not be processed: {error}") from None
     features.pop("token_type_ids", None)
@@ -108,6 +122,7 @@ def encode(processor: Any, texts: list[str], images: list[list[Image.Image]], *,
 
 
 # ---- parts ---------------------------------------------------------------------------------------
+
 
 def _normalise_part(part: Any, where: str, image_options: dict) -> tuple[list[dict], list[Image.Image]]:
     if isinstance(part, str):
@@ -151,4 +166,3 @@ def _as_list(images: Any) -> list:
     if images is None:
         return []
     return list(images) if isinstance(images, list | tuple) else [images]
-

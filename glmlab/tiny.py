@@ -10,7 +10,6 @@ ships a GLM tokenizer offline.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -21,22 +20,47 @@ logger = logging.getLogger(__name__)
 
 # The real checkpoint's token ids (../shared/reference/glm-4.6v-flash.md).
 SPECIAL_TOKENS = {
-    "<|endoftext|>": 151329, "[MASK]": 151330, "[gMASK]": 151331, "[sMASK]": 151332, "<sop>": 151333,
-    "<eop>": 151334, "<|system|>": 151335, "<|user|>": 151336, "<|assistant|>": 151337,
-    "<|observation|>": 151338, "<|begin_of_image|>": 151339, "<|end_of_image|>": 151340,
-    "<|begin_of_video|>": 151341, "<|end_of_video|>": 151342, "<|image|>": 151363, "<|video|>": 151364,
+    "<|endoftext|>": 151329,
+    "[MASK]": 151330,
+    "[gMASK]": 151331,
+    "[sMASK]": 151332,
+    "<sop>": 151333,
+    "<eop>": 151334,
+    "<|system|>": 151335,
+    "<|user|>": 151336,
+    "<|assistant|>": 151337,
+    "<|observation|>": 151338,
+    "<|begin_of_image|>": 151339,
+    "<|end_of_image|>": 151340,
+    "<|begin_of_video|>": 151341,
+    "<|end_of_video|>": 151342,
+    "<|image|>": 151363,
+    "<|video|>": 151364,
 }
 # Single tokens of the real vocabulary whose ids the reference does not give: glmlab places them in
 # the free ids between the video and image tokens.
-TEXT_SINGLE_TOKENS = ["<think>", "</think>", "<|begin_of_box|>", "<|end_of_box|>", "/nothink", "<tool_call>",
-                      "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>",
-                      "<tool_response>", "</tool_response>"]
+TEXT_SINGLE_TOKENS = [
+    "<think>",
+    "</think>",
+    "<|begin_of_box|>",
+    "<|end_of_box|>",
+    "/nothink",
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+    "<tool_response>",
+    "</tool_response>",
+]
 VOCAB_SIZE = 151552
 EOS_TOKEN_IDS = [151329, 151336, 151338]
 PAD_TOKEN_ID = 151329
 
-TINY_TEXT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128)
+TINY_TEXT = dict(
+    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
+)
 TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64)
 # Pixel budget of the tiny checkpoint's processor: small so CPU tests stay fast (a 1024x1024 image
 # becomes 224x224 = 16x16 patches = 64 image tokens).
@@ -44,8 +68,14 @@ TINY_MAX_IMAGE_PIXELS = 224 * 224  # pixel area; the processor's longest_edge is
 CHAT_TEMPLATE = "glm46v_chat.jinja"
 
 
-def build(path: str | Path, seed: int = 0, *, text: dict | None = None, vision: dict | None = None,
-          max_image_pixels: int = TINY_MAX_IMAGE_PIXELS) -> Path:
+def build(
+    path: str | Path,
+    seed: int = 0,
+    *,
+    text: dict | None = None,
+    vision: dict | None = None,
+    max_image_pixels: int = TINY_MAX_IMAGE_PIXELS,
+) -> Path:
     """Write a tiny random-weight Glm4v checkpoint to `path` and return it.
 
     `text` and `vision` override the layer sizes (benchmarks build larger ones the same way).
@@ -60,8 +90,14 @@ def build(path: str | Path, seed: int = 0, *, text: dict | None = None, vision: 
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
-        do_sample=True, temperature=0.8, top_p=0.6, top_k=2, repetition_penalty=1.1,
-        eos_token_id=EOS_TOKEN_IDS, pad_token_id=PAD_TOKEN_ID, max_new_tokens=64,
+        do_sample=True,
+        temperature=0.8,
+        top_p=0.6,
+        top_k=2,
+        repetition_penalty=1.1,
+        eos_token_id=EOS_TOKEN_IDS,
+        pad_token_id=PAD_TOKEN_ID,
+        max_new_tokens=64,
     )
     model.save_pretrained(path)
     make_processor(max_image_pixels).save_pretrained(path)
@@ -69,7 +105,8 @@ def build(path: str | Path, seed: int = 0, *, text: dict | None = None, vision: 
         "# glmlab tiny Glm4v checkpoint\n\nRANDOM WEIGHTS: a few small layers with GLM-4.6V-Flash's real token "
         "ids, tokenizer structure, processor classes and chat-template behaviour. Its answers are noise; "
         "it exists so loading, generation, training and serving can be tested offline.\n"
-        f"Built by `glmlab.tiny.build(path, seed={seed})`.\n")
+        f"Built by `glmlab.tiny.build(path, seed={seed})`.\n"
+    )
     return path
 
 
@@ -86,21 +123,42 @@ def make_config(text: dict | None = None, vision: dict | None = None):
     mrope_section = [temporal, spatial // 2, spatial - spatial // 2]  # real: [8, 12, 12] for 32 pairs
     return AutoConfig.for_model(
         "glm4v",
-        image_start_token_id=151339, image_end_token_id=151340, image_token_id=151363,
-        video_start_token_id=151341, video_end_token_id=151342, video_token_id=151364,
+        image_start_token_id=151339,
+        image_end_token_id=151340,
+        image_token_id=151363,
+        video_start_token_id=151341,
+        video_end_token_id=151342,
+        video_token_id=151364,
         tie_word_embeddings=False,
         text_config=dict(
-            model_type="glm4v_text", vocab_size=VOCAB_SIZE, hidden_act="silu", rms_norm_eps=1e-5,
-            attention_bias=True, max_position_embeddings=131072, pad_token_id=PAD_TOKEN_ID,
+            model_type="glm4v_text",
+            vocab_size=VOCAB_SIZE,
+            hidden_act="silu",
+            rms_norm_eps=1e-5,
+            attention_bias=True,
+            max_position_embeddings=131072,
+            pad_token_id=PAD_TOKEN_ID,
             eos_token_id=EOS_TOKEN_IDS,
-            rope_parameters={"rope_type": "default", "rope_theta": 500000, "partial_rotary_factor": 0.5,
-                             "mrope_section": mrope_section},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 500000,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": mrope_section,
+            },
             **text_config,
         ),
         vision_config=dict(
-            model_type="glm4v_vision", patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-            image_size=336, in_channels=3, out_hidden_size=text_config["hidden_size"], hidden_act="silu",
-            rms_norm_eps=1e-5, attention_bias=False, **vision_config,
+            model_type="glm4v_vision",
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            image_size=336,
+            in_channels=3,
+            out_hidden_size=text_config["hidden_size"],
+            hidden_act="silu",
+            rms_norm_eps=1e-5,
+            attention_bias=False,
+            **vision_config,
         ),
     )
 
@@ -132,8 +190,12 @@ def make_tokenizer():
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in singles])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        padding_side="left", clean_up_tokenization_spaces=False, model_max_length=131072,
+        tokenizer_object=tokenizer,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=131072,
         extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
     )
 
@@ -162,12 +224,17 @@ def make_processor(max_image_pixels: int = TINY_MAX_IMAGE_PIXELS):
 
     mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
     size = pixel_budget_size(max_image_pixels)
-    image_processor = Glm46VImageProcessor(size=size, image_mean=mean, image_std=std, patch_size=14,
-                                           temporal_patch_size=2, merge_size=2)
+    image_processor = Glm46VImageProcessor(
+        size=size, image_mean=mean, image_std=std, patch_size=14, temporal_patch_size=2, merge_size=2
+    )
     video_processor = Glm46VVideoProcessor(image_mean=mean, image_std=std)
     template = resources.files("glmlab.templates").joinpath(CHAT_TEMPLATE).read_text(encoding="utf-8")
-    return Glm46VProcessor(image_processor=image_processor, tokenizer=make_tokenizer(),
-                           video_processor=video_processor, chat_template=template)
+    return Glm46VProcessor(
+        image_processor=image_processor,
+        tokenizer=make_tokenizer(),
+        video_processor=video_processor,
+        chat_template=template,
+    )
 
 
 def ensure(home: str | Path, seed: int = 0) -> Path:

@@ -2,7 +2,6 @@ import base64
 import io
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 from PIL import Image
@@ -30,8 +29,16 @@ def pdf_bytes(pages: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_dicom(path, pixels: np.ndarray, *, centre=None, width=None, slope=1.0, intercept=-1024.0,
-                photometric="MONOCHROME2"):
+def write_dicom(
+    path,
+    pixels: np.ndarray,
+    *,
+    centre=None,
+    width=None,
+    slope=1.0,
+    intercept=-1024.0,
+    photometric="MONOCHROME2",
+):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -119,7 +126,9 @@ def test_dicom_without_window_is_min_max_scaled_and_monochrome1_inverted(tmp_pat
     stored = np.array([[0, 100, 200]], dtype=np.uint16).repeat(2, axis=0)
     plain = np.asarray(load_image(write_dicom(tmp_path / "a.dcm", stored)))[..., 0]
     assert plain[0].tolist() == [0, 128, 255]
-    inverted = np.asarray(load_image(write_dicom(tmp_path / "b.dcm", stored, photometric="MONOCHROME1")))[..., 0]
+    inverted = np.asarray(load_image(write_dicom(tmp_path / "b.dcm", stored, photometric="MONOCHROME1")))[
+        ..., 0
+    ]
     assert inverted[0].tolist() == [255, 127, 0]
 
 
@@ -132,6 +141,7 @@ def test_to_pil_list_flattens_in_order(tmp_path, red_image):
 
 # ---- bad input -------------------------------------------------------------------------------------
 
+
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(InputError, match=r"nope\.png: no such file"):
         to_pil(tmp_path / "nope.png")
@@ -140,7 +150,9 @@ def test_missing_file_names_the_path(tmp_path):
 def test_corrupt_bytes_are_not_an_image(tmp_path):
     path = tmp_path / "invoice_03.png"
     path.write_bytes(b"this is not an image at all")
-    with pytest.raises(InputError, match=r"invoice_03\.png: not an image \(PIL could not identify it\)\. Supported"):
+    with pytest.raises(
+        InputError, match=r"invoice_03\.png: not an image \(PIL could not identify it\)\. Supported"
+    ):
         to_pil(path)
 
 

@@ -28,11 +28,21 @@ def test_greedy_is_deterministic_and_seeded_sampling_reproducible(vlm, red_image
 
 
 def test_openai_and_transformers_formats_give_the_same_prompt(vlm, red_image):
-    openai_format = [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": image_to_data_url(red_image)}},
-        {"type": "text", "text": "Colour?"}]}]
-    transformers_format = [{"role": "user", "content": [{"type": "image", "image": red_image},
-                                                        {"type": "text", "text": "Colour?"}]}]
+    openai_format = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_to_data_url(red_image)}},
+                {"type": "text", "text": "Colour?"},
+            ],
+        }
+    ]
+    transformers_format = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": red_image}, {"type": "text", "text": "Colour?"}],
+        }
+    ]
     a, b = vlm.prepare(openai_format), vlm.prepare(transformers_format)
     assert a.text == b.text
     assert a.features["input_ids"].tolist() == b.features["input_ids"].tolist()
@@ -40,7 +50,9 @@ def test_openai_and_transformers_formats_give_the_same_prompt(vlm, red_image):
 
 
 def test_chat_does_not_mutate_the_callers_messages(vlm, red_image):
-    messages = [{"role": "user", "content": [{"type": "image", "image": red_image}, {"type": "text", "text": "?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": red_image}, {"type": "text", "text": "?"}]}
+    ]
     snapshot = repr(messages)
     vlm.chat(messages, **GREEDY)
     assert repr(messages) == snapshot
@@ -48,21 +60,34 @@ def test_chat_does_not_mutate_the_callers_messages(vlm, red_image):
 
 def test_multi_turn_and_several_images_per_turn(vlm):
     messages = [
-        {"role": "user", "content": [{"type": "image", "image": scene(colour="red")},
-                                     {"type": "image", "image": scene(colour="blue")},
-                                     {"type": "text", "text": "Which differ?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": scene(colour="red")},
+                {"type": "image", "image": scene(colour="blue")},
+                {"type": "text", "text": "Which differ?"},
+            ],
+        },
         {"role": "assistant", "content": "The colours."},
-        {"role": "user", "content": [{"type": "image", "image": scene(56, 56)}, {"type": "text", "text": "And this?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": scene(56, 56)}, {"type": "text", "text": "And this?"}],
+        },
     ]
     prompt = vlm.prepare(messages)
     assert prompt.text.count("<|begin_of_image|>") == 3
-    assert prompt.features["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 8], [1, 6, 6]]  # 56x56 is scaled up to the minimum area
+    assert prompt.features["image_grid_thw"].tolist() == [
+        [1, 8, 8],
+        [1, 8, 8],
+        [1, 6, 6],
+    ]  # 56x56 is scaled up to the minimum area
     assert vlm.chat(messages, **GREEDY).usage.image_tokens == 16 + 16 + 9
 
 
 def test_thinking_false_renders_nothink(vlm, red_image):
     assert vlm.prepare([{"role": "user", "content": "hi"}], thinking=False).text.endswith(
-        "hi/nothink<|assistant|>\n<think></think>\n")
+        "hi/nothink<|assistant|>\n<think></think>\n"
+    )
 
 
 def test_stream_yields_the_same_text_as_ask(vlm, red_image):
@@ -104,8 +129,14 @@ def test_per_call_pixel_budget_changes_image_tokens(vlm):
     assert vlm.ask(big, "?", max_new_tokens=1, max_image_pixels=112 * 112).usage.image_tokens == 16
 
 
-@pytest.mark.parametrize(("options", "field"), [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
-                                                ({"max_new_tokens": 0}, "max_new_tokens")])
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
 def test_bad_generation_settings_name_the_field(vlm, options, field):
     with pytest.raises(InputError, match=f"^{field}="):
         vlm.ask(None, "?", **options)
@@ -135,7 +166,10 @@ def test_unknown_adapter_and_missing_adapter_folder(vlm, tmp_path):
 def test_concurrent_asks_are_serialised_and_all_answer(vlm, red_image):
     expected = vlm.ask(red_image, "Q", **GREEDY).raw
     results = []
-    threads = [threading.Thread(target=lambda: results.append(vlm.ask(red_image, "Q", **GREEDY).raw)) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(vlm.ask(red_image, "Q", **GREEDY).raw))
+        for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

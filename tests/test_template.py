@@ -21,24 +21,38 @@ def test_generation_prompt_with_thinking_on_by_default(processor):
 
 def test_thinking_off_appends_nothink_and_prefills_empty_think(processor):
     messages = [{"role": "user", "content": "Hi"}]
-    assert render(processor, messages, thinking=False) == "[gMASK]<sop><|user|>\nHi/nothink<|assistant|>\n<think></think>\n"
+    assert (
+        render(processor, messages, thinking=False)
+        == "[gMASK]<sop><|user|>\nHi/nothink<|assistant|>\n<think></think>\n"
+    )
 
 
 def test_system_turn_and_earlier_assistant_keeps_only_empty_think(processor):
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
-                {"role": "assistant", "content": "<think>long reasoning</think>A1"}, {"role": "user", "content": "Q2"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "<think>long reasoning</think>A1"},
+        {"role": "user", "content": "Q2"},
+    ]
     assert render(processor, messages) == (
-        "[gMASK]<sop><|system|>\nBe brief.<|user|>\nQ1<|assistant|>\n<think></think>\nA1<|user|>\nQ2<|assistant|>")
+        "[gMASK]<sop><|system|>\nBe brief.<|user|>\nQ1<|assistant|>\n<think></think>\nA1<|user|>\nQ2<|assistant|>"
+    )
 
 
 def test_reasoning_after_last_user_survives(processor):
-    messages = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "reasoning_content": "why"}]
+    messages = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A", "reasoning_content": "why"},
+    ]
     assert render(processor, messages, add_generation_prompt=False) == (
-        "[gMASK]<sop><|user|>\nQ<|assistant|>\n<think>why</think>\nA")
+        "[gMASK]<sop><|user|>\nQ<|assistant|>\n<think>why</think>\nA"
+    )
 
 
 def test_special_tokens_have_the_real_ids(processor):
-    ids = processor.tokenizer.convert_tokens_to_ids(["[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|image|>"])
+    ids = processor.tokenizer.convert_tokens_to_ids(
+        ["[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|image|>"]
+    )
     assert ids == [151331, 151333, 151336, 151337, 151363]
     assert processor.image_token_id == 151363
 
@@ -51,7 +65,9 @@ def test_single_tokens_encode_as_one_token(processor):
 def test_image_placeholder_expands_to_grid_over_four(processor):
     from PIL import Image
 
-    text = render(processor, [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}])
+    text = render(
+        processor, [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]
+    )
     features = processor(text=[text], images=[Image.new("RGB", (112, 56))], return_tensors="pt")
     grid = features["image_grid_thw"][0].tolist()
     assert grid == [1, 4, 8]

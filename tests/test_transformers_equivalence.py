@@ -1,22 +1,24 @@
 """glmlab must not change the model's output: plain transformers code gives the same greedy tokens."""
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
 from conftest import scene
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 
 def plain_transformers_greedy(path, image, question, max_new_tokens):
     """The model card's code, with no glmlab import."""
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path)
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
-    inputs = processor.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True,
-                                           return_tensors="pt")
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}
+    ]
+    inputs = processor.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+    )
     inputs.pop("token_type_ids", None)
     with torch.inference_mode():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return output[0, inputs["input_ids"].shape[1]:].tolist(), processor
+    return output[0, inputs["input_ids"].shape[1] :].tolist(), processor
 
 
 def test_glmlab_gives_the_same_greedy_tokens_as_transformers(tiny_path, vlm):

@@ -14,7 +14,9 @@ from glmlab.loading import DEFAULT_MODEL
 
 @app.command()
 def ask(
-    images: list[Path] = typer.Argument(None, help="Image, PDF or DICOM files (none for a text-only question)."),
+    images: list[Path] = typer.Argument(
+        None, help="Image, PDF or DICOM files (none for a text-only question)."
+    ),
     question: str = typer.Option(..., "--question", "-q", help="The question to ask."),
     model: str = typer.Option(DEFAULT_MODEL, help="Hub id, local checkpoint folder, or 'tiny'."),
     adapter: Path = typer.Option(None, help="A PEFT LoRA adapter folder to apply."),
@@ -25,14 +27,19 @@ def ask(
     max_new_tokens: int = typer.Option(None, help="Cap on generated tokens."),
     temperature: float = typer.Option(None, help="Sampling temperature; 0 for greedy decoding."),
     seed: int = typer.Option(None, help="Seed for reproducible sampling."),
-    max_image_pixels: int = typer.Option(None, help="Largest image area kept after resizing (latency lever)."),
+    max_image_pixels: int = typer.Option(
+        None, help="Largest image area kept after resizing (latency lever)."
+    ),
 ) -> None:
     """Ask one question about images and print the answer."""
     import glmlab
 
     quiet_transformers()
-    gen = {k: v for k, v in dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).items()
-           if v is not None}
+    gen = {
+        k: v
+        for k, v in dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).items()
+        if v is not None
+    }
     with clear_errors(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vlm = glmlab.load(model, adapter=adapter, max_image_pixels=max_image_pixels)

@@ -13,7 +13,9 @@ from glmlab.cli.common import clear_errors, quiet_transformers
 
 @app.command()
 def demo(
-    model: str = typer.Option("tiny", help="Model to run on: 'tiny' (offline, random weights), a hub id or a folder."),
+    model: str = typer.Option(
+        "tiny", help="Model to run on: 'tiny' (offline, random weights), a hub id or a folder."
+    ),
     stage: list[str] = typer.Option(None, "--stage", help="Run only these stages (repeatable)."),
     work_dir: Path = typer.Option(None, help="Where stages write their files (default: a temporary folder)."),
 ) -> None:

@@ -1,0 +1,115 @@
+"""Batched generation and image-prefix cache reuse must not change a single greedy token."""
+
+import pytest
+from conftest import scene
+
+from glmlab.prefix_cache import PrefixCache
+
+GREEDY = {"temperature": 0, "max_new_tokens": 10}
+
+
+def test_batch_equals_one_by_one_in_input_order(vlm):
+    items = [
+        (scene(112, 112, "red"), "What colour?"),
+        (scene(168, 112, "blue"), "Which shape is it here?"),
+        (None, "Hello?"),
+        {"images": [scene(56, 56), scene(84, 84)], "question": "Count", "system": "Brief."},
+        {"messages": [{"role": "user", "content": "Just text"}]},
+    ]
+    expected = [vlm.ask(images, question, cache=False, **GREEDY).raw for images, question in items[:3]]
+    expected.append(vlm.ask(items[3]["images"], "Count", system="Brief.", cache=False, **GREEDY).raw)
+    expected.append(vlm.chat(items[4]["messages"], cache=False, **GREEDY).raw)
+    answers = vlm.batch(items, batch_size=3, **GREEDY)
+    assert [answer.raw for answer in answers] == expected
+    assert all(answer.usage.completion_tokens == 10 for answer in answers)
+
+
+def test_batch_reports_a_bad_item_and_keeps_the_others(vlm):
+    answers = vlm.batch([(scene(), "Q"), ("/missing.png", "Q"), (scene(), "Q")], batch_size=8, **GREEDY)
+    assert [answer.finish_reason for answer in answers] == ["length", "error", "length"]
+    assert answers[1].error == "/missing.png: no such file." and answers[1].text == ""
+    assert answers[0].raw == answers[2].raw == vlm.ask(scene(), "Q", cache=False, **GREEDY).raw
+
+
+def test_batch_groups_similar_prompts_to_limit_padding(vlm):
+    from glmlab import batching
+
+    items = [
+        vlm._prepare_item(i, (scene(size, size), "Q"), None, None)
+        for i, size in enumerate([112, 224, 112, 224])
+    ]
+    groups = batching.group_for_padding(items, batch_size=2)
+    assert [[item.index for item in group] for group in groups] == [[0, 2], [1, 3]]
+
+
+@pytest.mark.parametrize("size", [(112, 112), (224, 140), (56, 84), (336, 336)])
+def test_cached_answers_are_token_identical_across_image_sizes(vlm, size):
+    image = scene(*size)
+    for question in ["First question?", "A different, longer second question?"]:
+        assert vlm.ask(image, question, **GREEDY).raw == vlm.ask(image, question, cache=False, **GREEDY).raw
+
+
+@pytest.mark.parametrize("thinking", [None, False])
+def test_cached_multi_turn_prefix_is_token_identical(vlm, thinking):
+    messages = [
+        {"role": "system", "content": "You are careful."},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": scene(112, 84)}, {"type": "text", "text": "Q1"}],
+        },
+        {"role": "assistant", "content": "A1"},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": scene(56, 112, "blue")}, {"type": "text", "text": "Q2"}],
+        },
+        {"role": "assistant", "content": "A2"},
+        {"role": "user", "content": "And now, Q3?"},
+    ]
+    for _ in range(2):  # first call fills the cache, second hits it
+        cached = vlm.chat(messages, thinking=thinking, **GREEDY).raw
+        assert cached == vlm.chat(messages, thinking=thinking, cache=False, **GREEDY).raw
+
+
+def test_second_question_hits_the_cache_and_a_changed_image_never_does(vlm):
+    image = scene(140, 140, "green")
+    vlm.ask(image, "one", **GREEDY)
+    hits, misses = vlm.prefix_cache.hits, vlm.prefix_cache.misses
+    vlm.ask(image.copy(), "two", **GREEDY)
+    assert (vlm.prefix_cache.hits, vlm.prefix_cache.misses) == (hits + 1, misses)
+    changed = image.copy()
+    changed.putpixel((0, 0), (0, 0, 0))
+    vlm.ask(changed, "two", **GREEDY)
+    assert (vlm.prefix_cache.hits, vlm.prefix_cache.misses) == (hits + 1, misses + 1)
+
+
+def test_cache_stays_within_its_byte_bound(vlm):
+    original = vlm.prefix_cache
+    try:
+        vlm.prefix_cache = PrefixCache(max_bytes=30_000)  # one 112x112 prefix is ~11 KB on the tiny model
+        for colour in ["red", "green", "blue", "yellow", "purple"]:
+            vlm.ask(scene(colour=colour), "Q", **GREEDY)
+            assert vlm.prefix_cache.nbytes <= 30_000
+        assert len(vlm.prefix_cache) == 2
+        vlm.prefix_cache = PrefixCache(max_bytes=1_000)  # an entry over the bound is not kept at all
+        vlm.ask(scene(), "Q", **GREEDY)
+        assert len(vlm.prefix_cache) == 0
+    finally:
+        vlm.prefix_cache = original
+
+
+def test_session_answers_like_ask_and_computes_the_prefix_once(vlm):
+    image = scene(112, 168, "purple")
+    session = vlm.session(image, system="Short answers.")
+    questions = ["What colour?", "What shape?", "How many?"]
+    answers = [session.ask(question, **GREEDY).raw for question in questions]
+    assert answers == [
+        vlm.ask(image, q, system="Short answers.", cache=False, **GREEDY).raw for q in questions
+    ]
+    assert (session.prefix_cache.misses, session.prefix_cache.hits) == (1, 2)
+
+
+def test_streamed_answer_uses_the_cache_identically(vlm):
+    image = scene(112, 112, "orange")
+    vlm.ask(image, "warm", **GREEDY)
+    stream = vlm.stream(image, "Describe", **GREEDY)
+    assert "".join(stream) == vlm.ask(image, "Describe", cache=False, **GREEDY).raw
