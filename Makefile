@@ -22,6 +22,11 @@ test: install
 lab: install
 	$(BIN)/jupyter lab notebooks
 
+bench: install
+	cd eval/bench && for b in overhead prefix_cache batching server training; do \
+		echo "== $$b"; ../../$(BIN)/python $$b.py || exit 1; done
+	cd eval/bench && ../../$(BIN)/python gpu.py
+
 quality: install
 	$(BIN)/ruff check glmlab tests eval
 	$(BIN)/ruff format --check glmlab tests eval

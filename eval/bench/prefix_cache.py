@@ -1,0 +1,68 @@
+"""Benchmark 2, prefix cache: 8 questions about one image, cached vs uncached. Target >= 3x.
+
+Time-to-first-token is reported separately: the cache removes image encoding and prefill, which is
+what a researcher waits for in a widget session.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas as pd
+from common import alternate, bench_image, load_bench_vlm, report
+
+QUESTIONS = [
+    "What colour is the largest circle?",
+    "How many circles are there?",
+    "Is there any text?",
+    "Where is the top-left shape?",
+    "Describe the background.",
+    "Are any shapes overlapping?",
+    "What is the main colour?",
+    "Name one object.",
+]
+MAX_NEW_TOKENS = 8
+
+
+def main() -> None:
+    vlm = load_bench_vlm()
+    image = bench_image(seed=3)
+    ttft = {"uncached": [], "cached": []}
+
+    def run(cached: bool) -> None:
+        vlm.prefix_cache.clear()
+        for question in QUESTIONS:
+            answer = vlm.ask(image, question, temperature=0, max_new_tokens=MAX_NEW_TOKENS, cache=cached)
+            ttft["cached" if cached else "uncached"].append(answer.timing.ttft_s)
+
+    times = alternate({"uncached": lambda: run(False), "cached": lambda: run(True)}, repeats=3)
+    rows = []
+    for name, values in times.items():
+        later = ttft[name][len(QUESTIONS) :]  # after warm-up
+        rows.append(
+            {
+                "run": name,
+                "median_8_questions_s": statistics.median(values),
+                "median_ttft_s": statistics.median(later),
+                "median_ttft_after_first_s": statistics.median(
+                    [t for index, t in enumerate(later) if index % len(QUESTIONS)]
+                ),
+            }
+        )
+    table = pd.DataFrame(rows)
+    by_run = table.set_index("run")
+    report(
+        "prefix_cache",
+        table,
+        {
+            "prefix_cache_speedup": by_run.loc["uncached", "median_8_questions_s"]
+            / by_run.loc["cached", "median_8_questions_s"],
+            "prefix_cache_ttft_speedup": by_run.loc["uncached", "median_ttft_after_first_s"]
+            / by_run.loc["cached", "median_ttft_after_first_s"],
+        },
+        {"settings": {"questions": len(QUESTIONS), "max_new_tokens": MAX_NEW_TOKENS, "image": "448x448"}},
+    )
+
+
+if __name__ == "__main__":
+    main()
