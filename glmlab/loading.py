@@ -72,8 +72,6 @@ def load(
             f"{model}: AutoProcessor returned a bare {type(processor).__name__}, not a "
             "vision processor; install transformers>=5.24 (models/glm46v)."
         )
-    if device == "cpu" and quantization is None:
-        network.to("cpu")
     network.eval()
     vlm = VLM(
         network,
@@ -83,6 +81,11 @@ def load(
         max_image_pixels=max_image_pixels,
         allow_urls=allow_urls,
         quantized=quantize,
+    )
+    logger.info(
+        "max_image_pixels=%s (%s); lower it for latency",
+        f"{vlm.max_image_pixels:,}",
+        "given" if max_image_pixels else "the processor's default",
     )
     if adapter is not None:
         vlm.load_adapter(adapter)
