@@ -6,6 +6,7 @@ look at. Later capabilities (training, evaluation, export, serving) add their st
 
 from __future__ import annotations
 
+import datetime
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,11 +89,57 @@ def stage_stream(ctx: DemoContext) -> None:
     )
 
 
+EVAL_LIMIT = 40  # shapes samples per evaluated model: about a minute on CPU with the tiny model
+
+
+def stage_eval(ctx: DemoContext) -> None:
+    """Evaluate the shapes suite on the base model and, when the train stage left one, its adapter."""
+    from glmlab.eval import compare, evaluate, report
+    from glmlab.eval.suite import shipped_suite
+
+    suite = shipped_suite("shapes")
+    folder = ctx.work_dir / "eval" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    options = {"limit": EVAL_LIMIT, "batch_size": 8, "progress": False}
+    runs = [evaluate(suite, ctx.vlm, adapter=None, run_dir=folder / "base", name="base", **options)]
+    adapter = trained_adapter(ctx)
+    if adapter is None:
+        ctx.echo(
+            "no trained adapter in this demo run (the train stage did not run): evaluating the base only"
+        )
+    else:
+        name = next((n for n, p in ctx.vlm.adapters.items() if Path(p).resolve() == adapter.resolve()), None)
+        name = name or ctx.vlm.load_adapter(adapter, name="demo-shapes", activate=False)
+        runs.append(
+            evaluate(suite, ctx.vlm, adapter=name, run_dir=folder / "adapter", name="adapter", **options)
+        )
+    for run in runs:
+        scores = [
+            f"{r.metric} {r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in run.headline.itertuples()
+        ]
+        latency = run.latency.set_index("measure").loc["latency_s", "p50"]
+        ctx.echo(f"{run.name}: {', '.join(scores)} (95 % interval); median latency {latency:.3f} s")
+    if len(runs) == 2:
+        with pd.option_context("display.width", 160, "display.precision", 3):
+            ctx.echo(compare(runs).to_string(index=False))
+    ctx.results["eval"] = runs
+    ctx.echo(f"report: {report(runs, folder / 'report.html')}")
+
+
+def trained_adapter(ctx: DemoContext) -> Path | None:
+    """The adapter folder the train stage stored in ctx.results (a path, or a result naming one)."""
+    found = ctx.results.get("train", ctx.results.get("adapter"))
+    for candidate in (found, *(getattr(found, key, None) for key in ("adapter_dir", "adapter_path", "path"))):
+        if isinstance(candidate, str | Path) and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
 STAGES: list[Stage] = [
     Stage("load", "load the model (tiny: built offline, random weights)", stage_load),
     Stage("ask", "ask questions about a generated image; a table of answers and timings", stage_ask),
     Stage("stream", "stream one answer as it is generated", stage_stream),
 ]
+STAGES.append(Stage("eval", "score the shapes suite before/after LoRA training, side by side", stage_eval))
 
 
 def run(

@@ -1,0 +1,220 @@
+"""From a suite's data source to the samples an evaluation asks about.
+
+Records come from `glmlab.data` (a generator, a data folder, or a hub dataset renamed into the record
+format), so evaluation reads exactly the records training reads. Each record becomes an `EvalSample`:
+its id, the templated question, the system prompt, earlier turns, the reference answers, the
+per-sample metric options and the metadata fields the suite keeps. Every sample is built (and every
+template placeholder, reference field and per-sample option checked) before any model call, and
+images are decoded only when a sample is asked, so a large hub set does not sit in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from glmlab.errors import ConfigError, InputError
+from glmlab.eval.suite import Suite
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EvalSample", "SampleSet", "load_samples"]
+
+
+@dataclass
+class EvalSample:
+    """One question of a suite, without its images (see `SampleSet.images`)."""
+
+    id: str
+    index: int
+    question: str
+    references: list[Any]
+    system: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)  # turns before the asked one
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> per-sample options
+    kept: dict[str, Any] = field(default_factory=dict)  # kept metadata fields
+
+
+@dataclass
+class SampleSet:
+    """The samples of one suite and the dataset their images come from."""
+
+    suite: Suite
+    dataset: Any  # datasets.Dataset in the record format of glmlab.data
+    samples: list[EvalSample]
+
+    def images(self, sample: EvalSample) -> list[Any]:
+        """The sample's images as PIL images (decoded now)."""
+        return list(self.dataset[sample.index]["images"])
+
+    def item(self, sample: EvalSample) -> dict[str, Any]:
+        """A `vlm.batch` item: {"images", "question", "system"}, or {"messages"} for a multi-turn record."""
+        images = self.images(sample)
+        if not sample.history:
+            return {"images": images, "question": sample.question, "system": sample.system}
+        messages = [{"role": "system", "content": sample.system}] if sample.system else []
+        turns = [*sample.history, {"role": "user", "content": sample.question}]
+        first_user = next(i for i, turn in enumerate(turns) if turn["role"] == "user")
+        for position, turn in enumerate(turns):
+            content: Any = turn["content"]
+            if position == first_user:
+                content = [{"type": "image", "image": image} for image in images]
+                content.append({"type": "text", "text": turn["content"]})
+            messages.append({"role": turn["role"], "content": content})
+        return {"messages": messages}
+
+
+def load_samples(suite: Suite, limit: int | None = None) -> SampleSet:
+    """Load the suite's records (at most `limit`) and build its samples; ConfigError on a bad field."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit={limit}: expected a positive number of samples, or None for all.")
+    suite.check_data()
+    dataset = _load_dataset(suite, limit)
+    columns = dataset.select_columns(["id", "messages", "metadata"])
+    samples = [_sample(suite, index, row) for index, row in enumerate(columns)]
+    _check_unique_ids(samples)
+    _check_kept_fields(suite, samples)
+    return SampleSet(suite, dataset, samples)
+
+
+# ---- records ------------------------------------------------------------------------------------
+
+
+def _load_dataset(suite: Suite, limit: int | None):
+    from glmlab.data import generate, load_records
+
+    data = suite.data
+    if data.generator is not None:
+        count = data.n if limit is None else min(data.n, limit)
+        records = generate(data.generator, count, data.seed, **data.options)
+        return load_records(records, on_error=data.on_error)
+    if data.folder is not None:
+        return load_records(
+            data.folder, split=data.split, on_error=data.on_error, limit=limit, columns=data.columns or None
+        )
+    return load_records(_hub_dataset(suite, limit), on_error=data.on_error)
+
+
+def _hub_dataset(suite: Suite, limit: int | None):
+    """The hub set renamed into record fields, cut to `limit`, with `answer` from `references` if absent."""
+    import datasets
+
+    data = suite.data
+    split = data.split or "train"
+    try:
+        dataset = datasets.load_dataset(data.hub, data.config, split=split, **data.hub_options)
+    except Exception as error:  # datasets raises many types (network, missing split, bad config)
+        raise InputError(
+            f"data.hub: loading {data.hub!r} (config {data.config!r}, split {split!r}) failed "
+            f"({type(error).__name__}: {error}). Check the name, config and split, or use a data folder."
+        ) from error
+    missing = [column for column in data.columns if column not in dataset.column_names]
+    if missing:
+        raise ConfigError(
+            f"data.columns: {missing} not in {data.hub!r}; its columns are {dataset.column_names}."
+        )
+    dataset = dataset.rename_columns(dict(data.columns))
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    has_answer = "answer" in dataset.column_names or "messages" in dataset.column_names
+    if not has_answer and data.references in dataset.column_names:
+        # Records need one answer; a hub set with a list of accepted answers lends its first.
+        dataset = dataset.map(
+            lambda refs: {"answer": _as_list(refs)[0] if _as_list(refs) else ""},
+            input_columns=[data.references],
+        )
+    return dataset
+
+
+# ---- samples ------------------------------------------------------------------------------------
+
+
+def _sample(suite: Suite, index: int, row: Mapping[str, Any]) -> EvalSample:
+    metadata = json.loads(row["metadata"]) if row["metadata"] else {}
+    sample_id = row["id"] if row["id"] is not None else f"{index:06d}"
+    messages = list(row["messages"])
+    answer, turns = messages[-1]["content"], messages[:-1]
+    system = next((turn["content"] for turn in turns if turn["role"] == "system"), None)
+    turns = [turn for turn in turns if turn["role"] != "system"]
+    asked = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
+    question = _templated(suite, sample_id, turns[asked]["content"], metadata)
+    return EvalSample(
+        id=str(sample_id),
+        index=index,
+        question=question,
+        references=_references(suite, sample_id, answer, metadata),
+        system=suite.prompt.system if suite.prompt.system is not None else system,
+        history=[{"role": turn["role"], "content": turn["content"]} for turn in turns[:asked]],
+        options=_per_sample_options(suite, sample_id, metadata),
+        kept={name: metadata.get(name) for name in _kept_names(suite)},
+    )
+
+
+def _templated(suite: Suite, sample_id: str, question: str, metadata: dict[str, Any]) -> str:
+    try:
+        return suite.prompt.template.format_map({**metadata, "question": question})
+    except (KeyError, IndexError) as error:
+        raise ConfigError(
+            f"prompt.template: placeholder {error} is not a field of sample {sample_id!r}; "
+            f"it has question and {sorted(metadata)}."
+        ) from None
+
+
+def _references(suite: Suite, sample_id: str, answer: str, metadata: dict[str, Any]) -> list[Any]:
+    field_name = suite.data.references
+    if field_name is None:
+        return [answer]
+    if field_name not in metadata:
+        raise ConfigError(
+            f"data.references: sample {sample_id!r} has no field {field_name!r}; "
+            f"its fields are {sorted(metadata)}."
+        )
+    references = _as_list(metadata[field_name])
+    if not references:
+        raise InputError(f"sample {sample_id!r}: field {field_name!r} holds no reference answer.")
+    return references
+
+
+def _per_sample_options(suite: Suite, sample_id: str, metadata: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for position, metric in enumerate(suite.metrics):
+        for option, source in metric.per_sample.items():
+            if source not in metadata:
+                raise ConfigError(
+                    f"metrics[{position}].per_sample.{option}: sample {sample_id!r} has no field "
+                    f"{source!r}; its fields are {sorted(metadata)}."
+                )
+            options.setdefault(metric.name, {})[option] = metadata[source]
+    return options
+
+
+def _kept_names(suite: Suite) -> list[str]:
+    return list(dict.fromkeys(suite.keep_fields))
+
+
+def _check_unique_ids(samples: list[EvalSample]) -> None:
+    seen: dict[str, int] = {}
+    for sample in samples:
+        if sample.id in seen:
+            raise InputError(
+                f"sample id {sample.id!r} appears at rows {seen[sample.id]} and {sample.index}: ids must "
+                "be unique, since runs resume and compare by id. Give each record its own id."
+            )
+        seen[sample.id] = sample.index
+
+
+def _check_kept_fields(suite: Suite, samples: list[EvalSample]) -> None:
+    absent = [name for name in _kept_names(suite) if all(sample.kept[name] is None for sample in samples)]
+    if absent:
+        raise ConfigError(f"keep_fields: {absent} found in no sample's metadata; check the names.")
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | dict):
+        return [value]
+    return list(value)
