@@ -10,7 +10,6 @@ import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from transformers import GenerationConfig, StoppingCriteria, TextIteratorStreame
 from transformers.generation.streamers import BaseStreamer
 
 from glmlab.answer import Answer
-from glmlab.errors import InputError
+from glmlab.settings import GenerationSettings
 
 # GLM-4.6V-Flash model card: top_p 0.6, top_k 2, temperature 0.8, repetition_penalty 1.1.
 RECOMMENDED_SAMPLING = {
@@ -42,46 +41,6 @@ STRUCTURAL_TOKENS = (
     "<|observation|>",
     "<|endoftext|>",
 )
-
-
-@dataclass
-class GenerationSettings:
-    """Per-call generation options; None means "the default" (see module docstring).
-
-    temperature=0 means greedy decoding. `seed` makes sampling reproducible. `stop` strings end the
-    answer (they are not included in it).
-    """
-
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
-    do_sample: bool | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        checks = [
-            (
-                "max_new_tokens",
-                self.max_new_tokens,
-                lambda v: isinstance(v, int) and v >= 1,
-                "an integer >= 1",
-            ),
-            ("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
-            ("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("top_k", self.top_k, lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-            ("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "> 0"),
-        ]
-        for name, value, valid, expected in checks:
-            if value is not None and not valid(value):
-                raise InputError(f"{name}={value!r}: must be {expected}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 def generation_config(base: GenerationConfig, settings: GenerationSettings) -> GenerationConfig:
