@@ -158,3 +158,90 @@ def run(
         echo(f"\n== [{number}/{len(selected)}] {stage.name}: {stage.description}")
         stage.run(ctx)
     return ctx
+
+
+# ---- export, serve, client (glmlab.export, glmlab.serve, glmlab.client) ---------------------------
+
+
+def stage_export(ctx: DemoContext) -> None:
+    """Export the trained adapter for vLLM: checked modules and rank, a manifest, the serve line."""
+    from glmlab.export import export_vllm
+
+    adapter = trained_adapter(ctx)
+    if adapter is None:
+        ctx.echo(
+            "no trained adapter in this demo run (the train stage did not run): nothing to export; "
+            "the server will serve the base model only"
+        )
+        return
+    exported = export_vllm(adapter, ctx.work_dir / "export" / "demo", model=ctx.model, overwrite=True)
+    ctx.results["export"] = exported
+    ctx.echo(
+        f"{exported.path}: rank {exported.rank}, {len(exported.modules)} language-model modules, "
+        f"{len(exported.dropped_modules)} vision modules dropped"
+    )
+    ctx.echo(f"serve it with vLLM on a GPU:\n  {exported.vllm_serve}")
+
+
+def stage_serve(ctx: DemoContext) -> None:
+    """Serve the loaded model (and the exported adapter) on a free loopback port, in the background."""
+    from glmlab.serve import ServerSettings, start
+
+    exported = ctx.results.get("export")
+    adapters = {"demo": str(exported.path)} if exported is not None else {}
+    server = start(ctx.vlm, ServerSettings(model=ctx.model, adapters=adapters, port=0))
+    ctx.results["server"] = server
+    ctx.echo(f"glmlab serve is answering at {server.url} (models: {', '.join([ctx.model, *adapters])})")
+
+
+def stage_client(ctx: DemoContext) -> None:
+    """Ask the server through the official openai client, then through glmlab.Client (same Answer as local)."""
+    from openai import OpenAI
+
+    from glmlab.client import Client
+    from glmlab.images import image_to_data_url
+
+    server = ctx.results.get("server")
+    if server is None:
+        ctx.echo("no server in this demo run (the serve stage did not run): nothing to ask")
+        return
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_to_data_url(demo_image())}},
+                {"type": "text", "text": "What colour is the circle?"},
+            ],
+        }
+    ]
+    openai_client = OpenAI(base_url=server.url, api_key="none")
+    try:
+        for model in [entry.id for entry in openai_client.models.list().data]:
+            response = openai_client.chat.completions.create(
+                model=model,
+                messages=messages,
+                max_tokens=16,
+                temperature=0,
+                extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+            )
+            ctx.echo(
+                f"openai client, model {model!r}: {response.choices[0].message.content!r} "
+                f"({response.usage.completion_tokens} tokens)"
+            )
+        answer = Client(server.url).ask(
+            demo_image(), "Describe the picture.", thinking=False, max_new_tokens=16, temperature=0
+        )
+        ctx.echo(
+            f"glmlab.Client: {answer.text!r} (ttft {answer.timing.ttft_s:.3f} s, measured at the client)"
+        )
+    finally:
+        server.stop()
+        if "demo" in ctx.vlm.adapters:
+            ctx.vlm.unload_adapter("demo")
+
+
+STAGES += [
+    Stage("export", "export the trained LoRA adapter for vLLM (checks, manifest, serve line)", stage_export),
+    Stage("serve", "serve the model and adapter with glmlab's OpenAI-compatible server", stage_serve),
+    Stage("client", "ask the server through the official openai client and glmlab.Client", stage_client),
+]

@@ -1,0 +1,75 @@
+"""`glmlab export ADAPTER`: take a LoRA adapter to where it is served (a thin front over glmlab.export).
+
+glmlab export runs/invoices/adapter --format vllm --out exports/invoices-vllm
+glmlab export runs/invoices/adapter --format merged --out exports/invoices-merged
+glmlab export exports/invoices-vllm --to http://localhost:8080/v1 --name invoices
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from glmlab.cli import app
+from glmlab.cli.common import clear_errors, quiet_transformers
+
+
+@app.command()
+def export(
+    adapter: Path = typer.Argument(..., help="A PEFT LoRA adapter folder (safetensors)."),
+    export_format: Literal["vllm", "merged"] = typer.Option(
+        None, "--format", help="vllm: a checked adapter + the vllm serve line; merged: a full checkpoint."
+    ),
+    out: Path = typer.Option(None, "--out", help="Folder to write (with --format)."),
+    to: str = typer.Option(
+        None, "--to", help="Register the adapter on a running server at this URL instead."
+    ),
+    name: str = typer.Option(None, help="The adapter's served name (default: the folder's name)."),
+    model: str = typer.Option(
+        None, help="The base model (default: the adapter's own, from glmlab.json or adapter_config.json)."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="vllm: refuse vision-tower modules instead of dropping them."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    dtype: str = typer.Option("auto", help="merged: dtype of the saved weights (auto: the checkpoint's)."),
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="GLMLAB_API_KEY", help="--to: the server's API key."
+    ),
+) -> None:
+    """Export a LoRA adapter for vLLM, merge it into its base model, or register it on a running server."""
+    from glmlab import export as exporting
+
+    if (export_format is None) == (to is None):
+        raise typer.BadParameter("give exactly one of --format (with --out) or --to.")
+    if export_format is not None and out is None:
+        raise typer.BadParameter("--format needs --out DIR.")
+    quiet_transformers()
+    with clear_errors(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the drop warning is logged and printed below
+        if to is not None:
+            served = exporting.register(adapter, to, name=name, api_key=api_key)
+            typer.echo(f"registered {served!r} on {to}; ask it with model={served!r}.")
+        elif export_format == "vllm":
+            result = exporting.export_vllm(
+                adapter, out, model=model, name=name, strict=strict, overwrite=overwrite
+            )
+            if result.dropped_modules:
+                typer.echo(
+                    f"dropped {len(result.dropped_modules)} vision-tower modules vLLM ignores: "
+                    f"{', '.join(result.dropped_modules)}",
+                    err=True,
+                )
+            typer.echo(
+                f"wrote {result.path} (rank {result.rank}, {len(result.modules)} modules, base "
+                f"{result.base_model}); serve it with:\n  {result.vllm_serve}"
+            )
+        else:
+            path = exporting.export_merged(adapter, out, model=model, dtype=dtype, overwrite=overwrite)
+            typer.echo(
+                f"wrote the merged checkpoint {path}; load it with glmlab.load({str(path)!r}) or "
+                f"`vllm serve {path}`."
+            )

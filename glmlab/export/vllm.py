@@ -1,0 +1,146 @@
+"""`export_vllm`: a LoRA adapter rewritten so vLLM serves it on Glm4vForConditionalGeneration.
+
+vLLM puts LoRA on the language model only. The export keeps the adapter's language-model weights
+(PEFT names, which vLLM maps itself), drops vision-tower modules with a warning naming them (or
+refuses them with strict=True), checks the rank against vLLM's allowed ranks and the module names
+against the base model's layers, and writes a manifest with the `vllm serve` line that serves it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from glmlab.errors import ConfigError, GlmlabError
+from glmlab.export.adapters import (
+    base_config,
+    check_for_vllm,
+    inspect_adapter,
+    max_lora_rank,
+    module_name,
+    text_target_regex,
+)
+
+logger = logging.getLogger(__name__)
+MANIFEST = "glmlab_export.json"
+
+
+@dataclass
+class VllmExport:
+    """What `export_vllm` wrote: the folder, and the facts vLLM needs to serve it."""
+
+    path: Path
+    name: str
+    base_model: str
+    rank: int
+    max_lora_rank: int
+    modules: list[str]
+    dropped_modules: list[str]
+    vllm_serve: str
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "format": "vllm", "path": str(self.path)}
+
+
+def export_vllm(
+    adapter: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    name: str | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+) -> VllmExport:
+    """Write a vLLM-ready copy of `adapter` to `out` and return what was written.
+
+    model: the base model (default: the adapter's own, from glmlab.json or adapter_config.json).
+    name: the adapter's name in `--lora-modules` (default: the folder name of `out`).
+    strict: refuse vision-tower modules instead of dropping them.
+    """
+    from safetensors.torch import load_file, save_file
+
+    info = inspect_adapter(adapter)
+    base = model or info.base_model
+    if not base:
+        raise ConfigError(
+            f"{info.path}: names no base model (no glmlab.json, no base_model_name_or_path); "
+            "pass model= (--model)."
+        )
+    modules = check_for_vllm(info, num_layers=_text_layers(base))
+    if modules.vision:
+        listed = ", ".join(modules.vision[:4]) + (
+            f" ... ({len(modules.vision)} in all)" if len(modules.vision) > 4 else ""
+        )
+        if strict:
+            raise ConfigError(
+                f"{info.path}: adapts vision-tower modules that vLLM would ignore: {listed}. Retrain with "
+                "target modules anchored to language_model.layers, or export without --strict to drop them."
+            )
+        message = f"{info.path}: dropping vision-tower modules vLLM would ignore: {listed}."
+        warnings.warn(message, UserWarning, stacklevel=2)
+        logger.warning(message)
+    out = prepare_output(out, overwrite)
+    name = name or out.name
+    kept = set(modules.text)
+    tensors = load_file(str(info.path / "adapter_model.safetensors"))
+    save_file(
+        {key: value for key, value in tensors.items() if module_name(key) in kept},
+        str(out / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    config = {
+        **info.config,
+        "base_model_name_or_path": base,
+        "target_modules": text_target_regex(modules.text),
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    (out / "glmlab.json").write_text(json.dumps({"base_model": base}, indent=2))
+    export = VllmExport(
+        out,
+        name,
+        base,
+        info.rank,
+        max_lora_rank(info.rank),
+        modules.text,
+        modules.vision,
+        _serve_line(base, name, out),
+    )
+    (out / MANIFEST).write_text(json.dumps(export.to_dict(), indent=2))
+    logger.info("exported %s for vLLM to %s (rank %d, %d modules)", info.path, out, info.rank, len(kept))
+    return export
+
+
+def _text_layers(base: str) -> int | None:
+    """The base model's text layer count, or None (checked by pattern only) when its config is out of reach."""
+    try:
+        return base_config(base).get_text_config().num_hidden_layers
+    except GlmlabError as error:  # offline with no cached config: still export, with a note
+        logger.warning(
+            "could not read %s's config (%s); module names are checked by pattern only", base, error
+        )
+        return None
+
+
+def _serve_line(base: str, name: str, out: Path) -> str:
+    from glmlab.serve.engines.vllm import vllm_command
+    from glmlab.serve.settings import ServerSettings
+
+    settings = ServerSettings(model=base, adapters={name: str(out)}, port=8000)
+    return vllm_command(settings).shell()
+
+
+def prepare_output(out: str | Path, overwrite: bool) -> Path:
+    """An empty output folder; a non-empty one is replaced only with overwrite=True."""
+    out = Path(out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"{out}: already exists and is not empty; choose another --out or pass --overwrite."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,290 @@
+"""`create_app`: glmlab's OpenAI-compatible server as a FastAPI app, built by a factory.
+
+The factory takes settings (the model loads in a background thread) or an already loaded VLM (a
+notebook's, a test's), so tests build the app in-process and `glmlab serve` runs the same app under
+uvicorn. Blocking model work runs in worker threads; the event loop only routes, queues and streams.
+Routes: POST /v1/chat/completions, GET /v1/models, GET /health, POST /v1/load_lora_adapter,
+POST /v1/unload_lora_adapter (the last two as vLLM names them).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.responses import StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from glmlab.errors import GlmlabError
+from glmlab.serve import errors, schemas
+from glmlab.serve.errors import APIError
+from glmlab.serve.host import ModelHost, Ticket
+from glmlab.serve.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    source: ServerSettings | Any,
+    settings: ServerSettings | None = None,
+    *,
+    loader: Callable[..., Any] | None = None,
+) -> FastAPI:
+    """The server app over `source`: ServerSettings (loads `settings.model` in the background) or a VLM.
+
+    settings: limits and adapters when `source` is a VLM (default: ServerSettings named after it).
+    loader: what loads the model (default `glmlab.load`); tests pass one that waits, to see the 503.
+    """
+    if isinstance(source, ServerSettings):
+        settings, vlm = source, None
+    else:
+        vlm = source
+        settings = settings or ServerSettings(model=vlm.name)
+    host = ModelHost(settings, vlm)
+    if vlm is None:
+        if loader is None:
+            from glmlab.loading import load as loader
+        host.start_loading(loader)
+    app = FastAPI(
+        title="glmlab", summary="OpenAI-compatible server for GLM-V models", docs_url=None, redoc_url=None
+    )
+    app.state.host = host
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    errors.install(app)
+    _add_routes(app, host)
+    return app
+
+
+class APIKeyMiddleware:
+    """401 on every route but /health without `Authorization: Bearer <key>`, before the body is read."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
+                error = APIError(
+                    401,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>' (the key the "
+                    "server was started with, --api-key or GLMLAB_API_KEY).",
+                    code="invalid_api_key",
+                )
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """413 for a body over `max_bytes`: by its Content-Length before reading, and by the bytes actually
+    received (chunked or lying clients). By hand because starlette's limiter answers in plain text."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self.too_large().response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if received > self.max_bytes:  # FastAPI's body parsing passes HTTPException on to the handlers
+                raise HTTPException(413, detail=self.too_large().message)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def too_large(self) -> APIError:
+        return APIError(
+            413,
+            f"the request body is larger than this server's limit ({self.max_bytes:,} bytes); "
+            "send smaller or fewer images, or raise --max-request-bytes.",
+            code="request_too_large",
+        )
+
+
+def _add_routes(app: FastAPI, host: ModelHost) -> None:
+    created = int(time.time())
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        vlm = host.require_ready()
+        return {
+            "status": "ok",
+            "model": host.base_name,
+            "adapters": list(vlm.adapters),
+            "running": host.running,
+            "queued": host.admitted - host.running,
+        }
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        names = host.model_names()
+        return schemas.models_body(names[0], names[1:], created)
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: schemas.LoadAdapterRequest) -> PlainTextResponse:
+        name = await run_in_threadpool(
+            host.load_adapter, request.lora_name, request.lora_path, replace=request.load_inplace
+        )
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: schemas.UnloadAdapterRequest) -> PlainTextResponse:
+        await run_in_threadpool(host.unload_adapter, request.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{request.lora_name}' removed successfully.")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: schemas.ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+        adapter = host.resolve_model(request.model)
+        model_name = request.model or host.base_name
+        deadline = anyio.current_time() + host.settings.timeout_s
+        ticket = host.admit()
+        try:
+            stream = await _start_generation(host, ticket, request, adapter, deadline)
+        except BaseException:
+            ticket.close()
+            raise
+        if request.stream:
+            events = _events(stream, schemas.new_completion_id(), model_name, request.include_usage, deadline)
+            return EventStreamResponse(events, cleanup=lambda: (stream.stop(), ticket.close()))
+        try:
+            answer = await _finish(stream, deadline)
+        finally:
+            stream.stop()  # a no-op once finished; ends a timed-out generation at its next token
+            ticket.close()
+        return JSONResponse(schemas.completion_body(schemas.new_completion_id(), model_name, answer))
+
+
+async def _start_generation(
+    host: ModelHost,
+    ticket: Ticket,
+    request: schemas.ChatCompletionRequest,
+    adapter: str | None,
+    deadline: float,
+) -> Any:
+    """Decode the images, wait for the model, start generating: a `glmlab.generation.Stream`.
+
+    Raises APIError 400 for bad input (before queueing), 504 when the deadline passes in the queue.
+    """
+    settings = host.settings
+    messages = await run_in_threadpool(
+        request.glmlab_messages, allow_urls=settings.allow_urls, max_input_pixels=settings.max_input_pixels
+    )
+    with anyio.move_on_after(deadline - anyio.current_time()) as scope:
+        await ticket.start_generation()
+    if scope.cancelled_caught:
+        raise _timeout("waiting in the queue")
+    start = partial(
+        host.vlm.chat_stream,
+        messages,
+        thinking=request.thinking,
+        adapter=adapter,
+        max_image_pixels=settings.max_image_pixels,
+        **request.generation_options(),
+    )
+    return await run_in_threadpool(start)
+
+
+async def _finish(stream: Any, deadline: float) -> Any:
+    """The stream's Answer, or 504 when the deadline passes first."""
+    with anyio.move_on_after(deadline - anyio.current_time()):
+        return await anyio.to_thread.run_sync(lambda: stream.answer, abandon_on_cancel=True)
+    raise _timeout("generating")
+
+
+def _timeout(stage: str) -> APIError:
+    return APIError(
+        504,
+        f"the request timed out while {stage} (the server's limit is set with --timeout); "
+        "ask for fewer tokens or retry when the server is less busy.",
+        code="timeout",
+    )
+
+
+async def _pieces(stream: Any, deadline: float) -> AsyncIterator[str]:
+    """The stream's text pieces, each fetched off the event loop; APIError 504 at the deadline."""
+    pieces = iter(stream)
+    while True:
+        with anyio.move_on_after(deadline - anyio.current_time()) as scope:
+            piece = await anyio.to_thread.run_sync(next, pieces, None, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            stream.stop()
+            raise _timeout("generating")
+        if piece is None:
+            return
+        yield piece
+
+
+async def _events(
+    stream: Any, completion_id: str, model: str, include_usage: bool, deadline: float
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format: role, content/reasoning deltas, finish, usage, [DONE]."""
+    created = int(time.time())
+    chunk = partial(schemas.chunk_body, completion_id, created, model)
+    router = schemas.ThinkingRouter()
+    yield _sse(chunk({"role": "assistant", "content": ""}))
+    try:
+        async for piece in _pieces(stream, deadline):
+            for field, text in router.feed(piece):
+                yield _sse(chunk({field: text}))
+        for field, text in router.flush():
+            yield _sse(chunk({field: text}))
+        answer = stream.answer
+        yield _sse(chunk({}, answer.finish_reason))
+        if include_usage:
+            yield _sse(schemas.usage_chunk_body(completion_id, created, model, answer))
+    except APIError as error:  # headers are sent: errors travel as an event
+        yield _sse(error.body())
+    except GlmlabError as error:
+        yield _sse(errors.from_glmlab_error(error).body())
+    except Exception as error:
+        logger.exception("generation failed while streaming")
+        yield _sse(
+            errors.error_body(500, f"internal server error ({type(error).__name__}); see the server log.")
+        )
+    yield "data: [DONE]\n\n"
+
+
+def _sse(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    """A text/event-stream response that always runs `cleanup` (stop generating, free the queue place),
+    also when the client disconnects mid-stream or before the first event."""
+
+    def __init__(self, events: AsyncIterator[str], cleanup: Callable[[], Any]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._cleanup()
+            await self.body_iterator.aclose()

@@ -1,0 +1,227 @@
+"""`ModelHost`: the one model behind the server, and the rules for reaching it.
+
+It loads the model in a background thread (the server answers 503 until it is ready), admits at most
+`max_concurrency` requests (queued + running; more get 429), lets one generation run at a time (the
+VLM's lock would serialise them anyway; queueing here, on the event loop, makes the wait cancellable
+and the queue countable), and guards run-time adapter loading: safetensors folders under the allowed
+roots only, symlinks resolved, no `..`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from glmlab.errors import GlmlabError
+from glmlab.serve.errors import APIError, model_not_found
+from glmlab.serve.settings import ServerSettings, check_adapter_name
+
+logger = logging.getLogger(__name__)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class Ticket:
+    """One admitted request: holds a queue place, then the generation slot; `close` frees both."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self.host = host
+        self.generating = False
+        self.closed = False
+
+    async def start_generation(self) -> None:
+        """Wait (cancellably) for the model; one ticket generates at a time."""
+        await self.host.generation_slot.acquire()
+        self.generating = True
+        self.host.running += 1
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.host.admitted -= 1
+        if self.generating:
+            self.host.running -= 1
+            self.host.generation_slot.release()
+
+
+class ModelHost:
+    """The served VLM, its loading state, the request queue and the adapter rules."""
+
+    def __init__(self, settings: ServerSettings, vlm: Any = None) -> None:
+        self.settings = settings
+        self.vlm = vlm
+        self.load_error: str | None = None
+        self.ready = threading.Event()
+        self.admitted = 0  # queued + running; only touched on the event loop
+        self.running = 0
+        self.generation_slot = anyio.Semaphore(1)
+        if vlm is not None:
+            self._load_start_adapters(vlm)
+            self.ready.set()
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    def start_loading(self, loader: Callable[..., Any]) -> None:
+        """Load the model in a background thread so the server can answer (503) meanwhile."""
+        threading.Thread(target=self._load, args=(loader,), daemon=True, name="glmlab-serve-load").start()
+
+    def _load(self, loader: Callable[..., Any]) -> None:
+        settings = self.settings
+        try:
+            vlm = loader(
+                settings.model,
+                dtype=settings.dtype,
+                device=settings.device,
+                quantize=settings.quantize,
+                max_image_pixels=settings.max_image_pixels,
+                allow_urls=settings.allow_urls,
+            )
+            self._load_start_adapters(vlm)
+            self.vlm = vlm
+            logger.info(
+                "serving %s as %r with adapters %s", vlm, settings.base_model_name, list(vlm.adapters)
+            )
+        except Exception as error:  # reported by /health and every 503 until restarted
+            self.load_error = f"{type(error).__name__}: {error}"
+            logger.error("the model could not be loaded: %s", self.load_error)
+        finally:
+            self.ready.set()
+
+    def _load_start_adapters(self, vlm: Any) -> None:
+        for name, path in self.settings.adapters.items():
+            if vlm.adapters.get(name) != str(Path(path).expanduser()):
+                vlm.load_adapter(Path(path).expanduser(), name, activate=False)
+
+    def require_ready(self) -> Any:
+        """The VLM, or 503 while it loads (or after it failed to)."""
+        if self.load_error is not None:
+            raise APIError(
+                503,
+                f"the model failed to load ({self.load_error}); fix it and restart the server.",
+                code="model_load_failed",
+            )
+        if not self.ready.is_set() or self.vlm is None:
+            raise APIError(
+                503,
+                f"the model {self.settings.model!r} is still loading; retry shortly.",
+                code="model_loading",
+                headers={"Retry-After": "2"},
+            )
+        return self.vlm
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    def admit(self) -> Ticket:
+        """A queue place for one request, or 429 when max_concurrency requests are already in."""
+        self.require_ready()
+        if self.admitted >= self.settings.max_concurrency:
+            raise APIError(
+                429,
+                f"the server is busy: {self.admitted} requests are queued or running (limit "
+                f"{self.settings.max_concurrency}, --max-concurrency); retry later.",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
+        self.admitted += 1
+        return Ticket(self)
+
+    @property
+    def base_name(self) -> str:
+        return self.settings.base_model_name
+
+    def model_names(self) -> list[str]:
+        vlm = self.require_ready()
+        return [self.base_name, *vlm.adapters]
+
+    def resolve_model(self, name: str | None) -> str | None:
+        """The adapter a request's `model` selects: None for the base model; 404 if unknown."""
+        vlm = self.require_ready()
+        if name is None or name == self.base_name:
+            return None
+        if name in vlm.adapters:
+            return name
+        raise model_not_found(name, self.model_names())
+
+    # ---- adapters at run time ------------------------------------------------------------------
+
+    def load_adapter(self, name: str, path: str, *, replace: bool = False) -> str:
+        """Load a LoRA adapter (blocking: call it from a worker thread). Raises APIError 400."""
+        vlm = self.require_ready()
+        try:
+            check_adapter_name(name)
+        except GlmlabError as error:
+            raise APIError(400, str(error), code="invalid_adapter_name", param="lora_name") from None
+        if name == self.base_name:
+            raise APIError(
+                400,
+                f"{name!r} is the base model's name; choose another adapter name.",
+                code="adapter_exists",
+                param="lora_name",
+            )
+        folder = self.checked_adapter_path(path)
+        if name in vlm.adapters:
+            if not replace:
+                raise APIError(
+                    400,
+                    f"an adapter named {name!r} is already loaded; unload it first "
+                    "(POST /v1/unload_lora_adapter) or pass load_inplace=true.",
+                    code="adapter_exists",
+                    param="lora_name",
+                )
+            vlm.unload_adapter(name)
+        vlm.load_adapter(folder, name, activate=False)
+        logger.info("loaded adapter %r from %s", name, folder)
+        return name
+
+    def unload_adapter(self, name: str) -> None:
+        vlm = self.require_ready()
+        if name not in vlm.adapters:
+            raise APIError(
+                404,
+                f"no adapter named {name!r} is loaded (loaded: {', '.join(vlm.adapters) or 'none'}).",
+                code="adapter_not_found",
+                param="lora_name",
+            )
+        vlm.unload_adapter(name)
+        logger.info("unloaded adapter %r", name)
+
+    def checked_adapter_path(self, path: str) -> Path:
+        """An adapter folder a client may load: absolute, no `..`, under an allowed root once resolved,
+        holding safetensors weights (`check_adapter_folder` refuses pickles)."""
+        from glmlab.model import check_adapter_folder
+
+        raw = Path(path)
+        if ".." in raw.parts:
+            raise APIError(
+                400, f"lora_path {path!r}: must not contain '..'.", code="invalid_path", param="lora_path"
+            )
+        if not raw.is_absolute():
+            raise APIError(
+                400, f"lora_path {path!r}: must be an absolute path.", code="invalid_path", param="lora_path"
+            )
+        folder = raw.resolve()
+        targets = [folder] + [(folder / name).resolve() for name in ADAPTER_FILES if (folder / name).exists()]
+        roots = self.settings.allowed_adapter_roots()
+        if not roots or not all(any(target.is_relative_to(root) for root in roots) for target in targets):
+            raise APIError(
+                400,
+                f"lora_path {path!r}: is outside the folders this server loads adapters from "
+                "(start it with --adapter-root DIR to allow one).",
+                code="path_not_allowed",
+                param="lora_path",
+            )
+        try:
+            check_adapter_folder(folder)
+        except GlmlabError as error:
+            raise APIError(
+                400,
+                f"lora_path {path!r}: {str(error).removeprefix(str(folder) + ': ')}",
+                code="invalid_adapter",
+                param="lora_path",
+            ) from None
+        return folder

@@ -1,0 +1,251 @@
+"""The server's wire format: OpenAI request models with a limit on every field, and response bodies.
+
+Requests are parsed strictly (unknown fields are refused with their name, so a client never believes a
+feature it sent was honoured). Responses follow OpenAI's chat.completion / chat.completion.chunk
+shapes, with the reasoning apart in `message.reasoning_content` as vLLM's reasoning parser returns it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from glmlab.answer import THINK_CLOSE, THINK_OPEN, Answer, split_thinking
+from glmlab.images import to_pil
+
+MAX_TEXT_CHARS = 1_000_000  # one text part; the body limit (--max-request-bytes) bounds the total
+MAX_URL_CHARS = 200_000_000  # a data URL; again bounded by the body limit first
+MAX_PARTS = 64
+MAX_MESSAGES = 256
+MAX_NEW_TOKENS = 131_072  # GLM-4.6V's context length
+
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+StopString = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageURL(_Strict):
+    url: str = Field(min_length=1, max_length=MAX_URL_CHARS)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: Text
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Text | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)] | None = None
+    reasoning_content: Text | None = None
+    name: Name | None = None
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatTemplateKwargs(_Strict):
+    enable_thinking: bool | None = None
+
+
+class ChatCompletionRequest(_Strict):
+    """POST /v1/chat/completions. `model` names the base model or a loaded adapter."""
+
+    model: Name | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, le=1000)  # vLLM extension; -1 or 0: no top-k
+    repetition_penalty: float | None = Field(None, gt=0, le=10)  # vLLM extension
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: StopString | Annotated[list[StopString], Field(max_length=8)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1)
+    chat_template_kwargs: ChatTemplateKwargs | None = None
+    user: Name | None = None  # accepted for compatibility with OpenAI clients; not used
+
+    def generation_options(self) -> dict[str, Any]:
+        """Keyword arguments for `VLM.chat` (glmlab.generation.GenerationSettings names)."""
+        options = {
+            "max_new_tokens": self.max_completion_tokens or self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": 0 if self.top_k == -1 else self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+        }
+        return {key: value for key, value in options.items() if value is not None}
+
+    @property
+    def thinking(self) -> bool | None:
+        return self.chat_template_kwargs.enable_thinking if self.chat_template_kwargs else None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def glmlab_messages(self, **image_options: Any) -> list[dict[str, Any]]:
+        """The messages with every image decoded (`glmlab.images.to_pil`, with the server's limits).
+
+        Decoding here, before the request queues for the model, lets a bad image fail fast (400).
+        """
+        messages = []
+        for message in self.messages:
+            converted: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+            if isinstance(message.content, list):
+                converted["content"] = [
+                    item for part in message.content for item in _glmlab_items(part, image_options)
+                ]
+            if message.reasoning_content:
+                converted["reasoning_content"] = message.reasoning_content
+            messages.append(converted)
+        return messages
+
+
+def _glmlab_items(part: TextPart | ImagePart, image_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One text item, or one image item per decoded image (a PDF's pages, a DICOM's frames)."""
+    if isinstance(part, TextPart):
+        return [{"type": "text", "text": part.text}]
+    return [{"type": "image", "image": image} for image in to_pil(part.image_url.url, **image_options)]
+
+
+class LoadAdapterRequest(_Strict):
+    """POST /v1/load_lora_adapter, as vLLM takes it."""
+
+    lora_name: str = Field(min_length=1, max_length=64)
+    lora_path: str = Field(min_length=1, max_length=4096)
+    load_inplace: bool = False  # replace an adapter of the same name
+
+
+class UnloadAdapterRequest(_Strict):
+    lora_name: str = Field(min_length=1, max_length=64)
+    lora_int_id: int | None = Field(None, ge=0)  # vLLM sends it; names are what glmlab uses
+
+
+# ---- responses -----------------------------------------------------------------------------------
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def usage_body(answer: Answer) -> dict[str, Any]:
+    usage = answer.usage
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"image_tokens": usage.image_tokens},
+    }
+
+
+def completion_body(completion_id: str, model: str, answer: Answer) -> dict[str, Any]:
+    """A chat.completion: reasoning and answer apart, box tags kept in the content (as vLLM does)."""
+    reasoning, content = split_thinking(answer.raw)
+    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}
+        ],
+        "usage": usage_body(answer),
+    }
+
+
+def chunk_body(
+    completion_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+    }
+
+
+def usage_chunk_body(completion_id: str, created: int, model: str, answer: Answer) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage_body(answer),
+    }
+
+
+def models_body(base: str, adapters: list[str], created: int) -> dict[str, Any]:
+    """GET /v1/models: the base model, then each adapter with the base as its `parent` (as vLLM lists them)."""
+    entries = [{"id": base, "object": "model", "created": created, "owned_by": "glmlab", "parent": None}]
+    entries += [
+        {"id": name, "object": "model", "created": created, "owned_by": "glmlab", "parent": base}
+        for name in adapters
+    ]
+    return {"object": "list", "data": entries}
+
+
+class ThinkingRouter:
+    """Routes streamed text to `reasoning_content` inside <think>..</think> and to `content` outside.
+
+    A tag split across two pieces is held back until it is whole. Mirrors `split_thinking` for a
+    stream, as vLLM's glm45 reasoning parser does: text is content until a `<think>` appears.
+    """
+
+    def __init__(self) -> None:
+        self.inside = False
+        self._pending = ""
+
+    def feed(self, piece: str) -> list[tuple[str, str]]:
+        """(field, text) pairs for one streamed piece; field is "content" or "reasoning_content"."""
+        text, self._pending, routed = self._pending + piece, "", []
+        while text:
+            tag = THINK_CLOSE if self.inside else THINK_OPEN
+            index = text.find(tag)
+            if index < 0:
+                keep = _partial_tag_length(text, tag)
+                routed.append((self.field, text[: len(text) - keep]))
+                self._pending = text[len(text) - keep :]
+                break
+            routed.append((self.field, text[:index]))
+            text, self.inside = text[index + len(tag) :], not self.inside
+        return [(name, value) for name, value in routed if value]
+
+    def flush(self) -> list[tuple[str, str]]:
+        text, self._pending = self._pending, ""
+        return [(self.field, text)] if text else []
+
+    @property
+    def field(self) -> str:
+        return "reasoning_content" if self.inside else "content"
+
+
+def _partial_tag_length(text: str, tag: str) -> int:
+    """How many trailing characters of `text` could be the start of `tag`."""
+    for length in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-length:]):
+            return length
+    return 0

@@ -1,0 +1,189 @@
+"""glmlab.export: vLLM-ready adapters (checks, manifest), merged checkpoints, CLI front."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+from conftest import scene
+from safetensors import safe_open
+from test_serve_support import adapters_fixture, make_adapter, served_vlm_fixture  # noqa: F401 (fixtures)
+
+import glmlab
+from glmlab.errors import ConfigError
+from glmlab.export import MANIFEST, base_model_of, export_merged, export_vllm, inspect_adapter, max_lora_rank
+
+GREEDY = {"temperature": 0, "max_new_tokens": 16}
+TEXT_MODULES_PER_LAYER = 6
+
+
+def test_inspect_reads_rank_modules_and_base_model(adapters, tiny_path):
+    info = inspect_adapter(adapters["seeing"])
+    assert info.rank == 4 and info.base_model == str(tiny_path)
+    assert len(info.modules) == 2 * TEXT_MODULES_PER_LAYER + 2
+    assert "model.language_model.layers.1.mlp.gate_up_proj" in info.modules
+    assert "model.visual.blocks.0.attn.qkv" in info.modules
+
+
+def test_glmlab_json_names_the_base_model_first(adapters, tmp_path):
+    copy = shutil.copytree(adapters["alpha"], tmp_path / "alpha")
+    (copy / "glmlab.json").write_text(json.dumps({"base_model": "zai-org/GLM-4.6V-Flash"}))
+    assert base_model_of(copy) == "zai-org/GLM-4.6V-Flash"
+
+
+@pytest.mark.parametrize(("rank", "expected"), [(1, 1), (4, 8), (8, 8), (17, 32), (300, 320), (512, 512)])
+def test_max_lora_rank_is_the_smallest_allowed_rank_that_fits(rank, expected):
+    assert max_lora_rank(rank) == expected
+
+
+def test_ranks_over_512_are_refused():
+    with pytest.raises(ConfigError, match="LoRA rank 600: vLLM serves ranks up to 512"):
+        max_lora_rank(600)
+
+
+def test_vllm_export_drops_vision_modules_with_a_warning_naming_them(adapters, tmp_path):
+    with pytest.warns(
+        UserWarning,
+        match=r"dropping vision-tower modules vLLM would ignore: model\.visual\.blocks\.0\.attn\.qkv",
+    ):
+        exported = export_vllm(adapters["seeing"], tmp_path / "seeing-vllm", name="seeing")
+    assert exported.dropped_modules == ["model.visual.blocks.0.attn.qkv", "model.visual.blocks.1.attn.qkv"]
+    with safe_open(str(exported.path / "adapter_model.safetensors"), framework="pt") as weights:
+        assert not [key for key in weights.keys() if "visual" in key]
+    assert inspect_adapter(exported.path).modules == exported.modules
+    manifest = json.loads((exported.path / MANIFEST).read_text())
+    assert manifest["format"] == "vllm" and manifest["rank"] == 4 and manifest["max_lora_rank"] == 8
+    assert manifest["dropped_modules"] == exported.dropped_modules and len(manifest["modules"]) == 12
+    assert manifest["vllm_serve"].endswith(
+        f"--max-lora-rank 8 --max-loras 1 --lora-modules seeing={exported.path}"
+    )
+
+
+def test_vllm_export_keeps_a_text_only_adapter_whole(adapters, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exported = export_vllm(adapters["beta"], tmp_path / "beta-vllm")
+    assert exported.dropped_modules == [] and exported.modules == inspect_adapter(adapters["beta"]).modules
+    config = json.loads((exported.path / "adapter_config.json").read_text())
+    assert config["target_modules"].endswith(r"\.(down_proj|gate_up_proj|k_proj|o_proj|q_proj|v_proj)$")
+    assert exported.max_lora_rank == 8
+
+
+def test_strict_vllm_export_refuses_vision_modules(adapters, tmp_path):
+    with pytest.raises(ConfigError, match="adapts vision-tower modules that vLLM would ignore"):
+        export_vllm(adapters["seeing"], tmp_path / "out", strict=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_vllm_export_refuses_modules_outside_the_language_model(tiny_path, tmp_path):
+    head = make_adapter(
+        tiny_path,
+        tmp_path / "head",
+        seed=5,
+        target_modules=r".*(lm_head|language_model\.layers\.0\.self_attn\.q_proj)",
+    )
+    with pytest.raises(
+        ConfigError, match="adapts modules vLLM has no LoRA slot for in the language model: lm_head"
+    ):
+        export_vllm(head, tmp_path / "out")
+
+
+def test_export_refuses_a_non_empty_folder_unless_overwrite(adapters, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
+        export_vllm(adapters["alpha"], tmp_path / "out")
+    assert export_vllm(adapters["alpha"], tmp_path / "out", overwrite=True).path == tmp_path / "out"
+
+
+@pytest.fixture(scope="module")
+def vlm(served_vlm, adapters):
+    """The module's tiny model with the source adapters alpha and beta loaded (base stays active)."""
+    for name in ("alpha", "beta"):
+        served_vlm.load_adapter(adapters[name], name, activate=False)
+    return served_vlm
+
+
+def test_the_vllm_export_answers_like_its_source(adapters, vlm, tmp_path):
+    exported = export_vllm(adapters["beta"], tmp_path / "beta-vllm")
+    vlm.load_adapter(exported.path, "beta-exported", activate=False)
+    try:
+        assert (
+            vlm.ask(scene(), "Q", adapter="beta-exported", **GREEDY).raw
+            == vlm.ask(scene(), "Q", adapter="beta", **GREEDY).raw
+        )
+    finally:
+        vlm.unload_adapter("beta-exported")
+
+
+@pytest.fixture(scope="module")
+def merged(adapters, tmp_path_factory):
+    return export_merged(adapters["alpha"], tmp_path_factory.mktemp("merged") / "alpha-merged")
+
+
+def test_merged_checkpoint_answers_exactly_like_base_plus_adapter(merged, vlm):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        merged_vlm = glmlab.load(str(merged))
+    assert not merged_vlm.adapters
+    for image, question in ((scene(), "What colour?"), (scene(colour="blue"), "Describe.")):
+        expected = vlm.ask(image, question, adapter="alpha", **GREEDY).raw
+        assert merged_vlm.ask(image, question, **GREEDY).raw == expected
+        assert expected != vlm.ask(image, question, adapter=None, **GREEDY).raw
+
+
+def test_merged_checkpoint_carries_processor_tokenizer_and_chat_template(merged):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        MANIFEST,
+    ):
+        assert (merged / name).exists(), name
+    manifest = json.loads((merged / MANIFEST).read_text())
+    assert manifest["format"] == "merged" and manifest["dtype"] == "float32"
+
+
+def test_merging_into_a_quantized_base_is_refused(adapters, tiny_path, tmp_path):
+    base = shutil.copytree(tiny_path, tmp_path / "quantized-base")
+    config = json.loads((base / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    (base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="a fp8 checkpoint; merging into quantized weights"):
+        export_merged(adapters["alpha"], tmp_path / "out", model=str(base))
+
+
+def test_cli_export_for_vllm_prints_the_serve_line(adapters, tmp_path):
+    from typer.testing import CliRunner
+
+    from glmlab.cli import app
+
+    out = tmp_path / "cli-vllm"
+    result = CliRunner().invoke(
+        app, ["export", str(adapters["seeing"]), "--format", "vllm", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "dropped 2 vision-tower modules" in result.output and "vllm serve " in result.output
+    assert (out / MANIFEST).exists()
+    refused = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(adapters["seeing"]),
+            "--format",
+            "vllm",
+            "--out",
+            str(tmp_path / "strict"),
+            "--strict",
+        ],
+    )
+    assert refused.exit_code == 2 and "ConfigError" in refused.output
+    assert (
+        CliRunner().invoke(app, ["export", str(adapters["alpha"])]).exit_code == 2
+    )  # neither --format nor --to
