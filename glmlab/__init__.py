@@ -17,7 +17,12 @@ from glmlab.answer import Answer, Timing, Usage
 from glmlab.errors import AdapterError, ConfigError, GlmlabError, InputError, ModelLoadError
 
 __version__ = "0.1.0"
-_LAZY = {"load": "glmlab.loading", "DEFAULT_MODEL": "glmlab.loading", "VLM": "glmlab.model"}
+_LAZY = {
+    "load": "glmlab.loading",
+    "DEFAULT_MODEL": "glmlab.loading",
+    "VLM": "glmlab.model",
+    "Client": "glmlab.client",
+}
 __all__ = [
     "DEFAULT_MODEL",
     "VLM",

@@ -82,6 +82,7 @@ class VLM:
         self.max_image_pixels = max_image_pixels or processor.image_processor.size["longest_edge"] // 2
         self.adapters: dict[str, str] = {}
         self.active_adapter: str | None = None
+        self._peft: Any = None  # the PeftModel that manages injected adapters, once one is loaded
         self.lock = threading.RLock()
         self.image_token_id = model.config.image_token_id
         self.end_of_image_id = model.config.image_end_token_id
@@ -385,7 +386,13 @@ class VLM:
     # ---- adapters ------------------------------------------------------------------------------
 
     def load_adapter(self, path: str | Path, name: str | None = None, *, activate: bool = True) -> str:
-        """Load a PEFT LoRA adapter (safetensors only) under `name` (default: the folder's name)."""
+        """Load a PEFT LoRA adapter (safetensors only) under `name` (default: the folder's name).
+
+        Adapters are injected with peft itself (not transformers' wrappers, which demand a newer peft),
+        so `self.model` stays the plain model class; several adapters stay loaded side by side.
+        """
+        from peft import PeftModel
+
         path = Path(path).expanduser()
         check_adapter_folder(path)
         name = name or path.name
@@ -396,17 +403,19 @@ class VLM:
             )
         with self.lock:
             try:
-                self.model.load_adapter(str(path), adapter_name=name)
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(
+                        self.model, str(path), adapter_name=name, is_trainable=False
+                    )
+                else:
+                    self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
             except (ValueError, KeyError, RuntimeError, OSError) as error:
                 raise AdapterError(
                     f"{path}: could not be loaded as a LoRA adapter for {self.name} ({error})."
                 ) from None
             self.adapters[name] = str(path)
             self.prefix_cache.clear()
-            if activate:
-                self.set_adapter(name)
-            elif self.active_adapter is None:
-                self.model.disable_adapters()
+            self.set_adapter(name if activate else self.active_adapter)
         logger.info("loaded adapter %r from %s", name, path)
         return name
 
@@ -415,23 +424,24 @@ class VLM:
         with self.lock:
             if name is not None:
                 self._check_adapter(name)
-                self.model.set_adapter(name)
-                self.model.enable_adapters()
-            elif self.adapters:
-                self.model.disable_adapters()
+                self._peft.set_adapter(name)
+                self._peft.base_model.enable_adapter_layers()
+            elif self._peft is not None:
+                self._peft.base_model.disable_adapter_layers()
             self.active_adapter = name
 
     def unload_adapter(self, name: str) -> None:
+        """Remove an adapter; with the last one gone the model is exactly the base model again."""
         with self.lock:
             self._check_adapter(name)
-            self.model.delete_adapter(name)
+            self._peft.delete_adapter(name)
             del self.adapters[name]
             self.prefix_cache.clear()
-            if self.active_adapter == name:
-                self.active_adapter = None
             if not self.adapters:
+                self._peft.unload()
+                self._peft, self.active_adapter = None, None
                 return
-            self.set_adapter(self.active_adapter)
+            self.set_adapter(None if self.active_adapter == name else self.active_adapter)
 
     @contextlib.contextmanager
     def using_adapter(self, adapter: Any = _ACTIVE):

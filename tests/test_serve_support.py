@@ -72,20 +72,12 @@ def adapters_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_path: Path) 
 @pytest.fixture(scope="module", name="served_vlm")
 def served_vlm_fixture(tiny_path: Path):
     """A tiny model of the module's own (the session `vlm` must not collect adapters)."""
-    import transformers.integrations.peft as peft_integration
-
     import glmlab
 
-    # WORKAROUND, remove when glmlab/model.py no longer needs it: transformers 5.24 refuses its PEFT
-    # adapter methods (set_adapter, enable/disable_adapters, delete_adapter) unless peft >= 0.22, which
-    # does not exist (0.21.2 is the newest release); they work with 0.21.2 once the gate is lifted.
-    gate = peft_integration.check_peft_version
-    peft_integration.check_peft_version = lambda min_version: None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         loaded = glmlab.load("tiny")
-    yield loaded
-    peft_integration.check_peft_version = gate
+    return loaded
 
 
 @pytest.fixture(scope="module", name="server")
