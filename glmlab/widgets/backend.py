@@ -1,0 +1,83 @@
+"""What the VQA widget needs from a model, for a local `VLM` and a server `Client` alike.
+
+The widget only does three things with a model: stream an answer to a conversation, list the adapters it
+can switch between, and name itself. `LocalModel` and `ServerModel` translate those into each model's
+calls, so the widget never asks which kind of model it holds. `describe_error` turns what can go wrong
+(bad input, a server that is down, a GPU out of memory) into one plain sentence for the widget's error line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from glmlab.errors import GlmlabError, InputError
+
+BASE = ""  # the adapter dropdown's value for "the base model, no adapter" (a Dropdown cannot hold None)
+
+
+class LocalModel:
+    """A `glmlab.VLM` in this kernel: adapters are the ones loaded on it, switched per call (no reload)."""
+
+    def __init__(self, vlm: Any) -> None:
+        self.vlm = vlm
+        self.name = vlm.name
+        self.allow_urls = getattr(vlm, "allow_urls", False)
+
+    def adapter_options(self) -> list[tuple[str, str]]:
+        return [("base model", BASE)] + [(name, name) for name in self.vlm.adapters]
+
+    def default_adapter(self) -> str:
+        return self.vlm.active_adapter or BASE
+
+    def stream(self, messages: list[dict[str, Any]], adapter: str, **options: Any) -> Any:
+        """A `Stream` of the answer; `adapter` is a loaded adapter's name or BASE."""
+        return self.vlm.chat_stream(messages, adapter=adapter or None, **options)
+
+
+class ServerModel:
+    """A `glmlab.Client` of a server: the adapters are the server's models (`/v1/models`) after its base."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.name = client.base_url
+        self.allow_urls = False
+
+    def adapter_options(self) -> list[tuple[str, str]]:
+        names = self.client.models()  # also tells the client which one is the base model
+        base = self.client.base_model
+        return [(f"{base} (base model)", BASE)] + [(name, name) for name in names if name != base]
+
+    def default_adapter(self) -> str:
+        return self.client.model if self.client.model not in (None, self.client.base_model) else BASE
+
+    def stream(self, messages: list[dict[str, Any]], adapter: str, **options: Any) -> Any:
+        """A `RemoteStream` of the answer (same interface as `Stream`); `adapter` is a model name or BASE."""
+        return self.client.chat_stream(messages, adapter=adapter or None, **options)
+
+
+def backend_for(model: Any) -> LocalModel | ServerModel:
+    """The widget's view of `model`: a loaded VLM or a server Client (recognised by what they offer)."""
+    if hasattr(model, "chat_stream") and hasattr(model, "adapters"):
+        return LocalModel(model)
+    if hasattr(model, "chat_stream") and hasattr(model, "models"):
+        return ServerModel(model)
+    raise InputError(
+        f"{type(model).__name__} object: the widget needs a model from glmlab.load(...) or a "
+        "glmlab.Client(...) for a server."
+    )
+
+
+def describe_error(error: BaseException) -> str:
+    """One sentence a user can act on, for the widget's error line (the full error stays in `last_error`).
+
+    glmlab's own errors already say what to do (a server that is down is a `ServerError` from the Client);
+    a GPU out of memory is the one foreign error common enough to deserve its own advice.
+    """
+    if isinstance(error, GlmlabError):
+        return str(error)
+    if type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower():
+        return (
+            "Out of GPU memory while answering. Lower Max tokens, ask about fewer or smaller images, or load "
+            "the model with quantize='4bit'; the widget is ready for another question."
+        )
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,245 @@
+"""The VQA widget in a real browser: JupyterLab on loopback, headless Chromium driven by Playwright.
+
+It runs `notebooks/02_vqa_widget.ipynb` (a copy, so nothing is saved into the repo), uploads a picture
+through the widget's file input, asks, stops a long answer, switches adapter, asks with the keyboard and
+checks what the page shows. Needs Debian's chromium and the playwright Python package (no Playwright
+browser download): `scripts/install-browser.sh`. The screenshot lands in outputs/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import scene
+
+REPO = Path(__file__).parent.parent
+NOTEBOOK = REPO / "notebooks" / "02_vqa_widget.ipynb"
+SCREENSHOT = REPO / "outputs" / "browser" / "vqa_widget.png"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMING = re.compile(
+    r"first token \d+\.\d\d s · total \d+\.\d\d s · \d+\.\d tokens/s · tokens in \d+ \(\d+ image\) / out \d+"
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(),
+        reason="no chromium: run scripts/install-browser.sh (apt-get install chromium)",
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_lab(root: Path, home: Path, glmlab_home: Path) -> tuple[subprocess.Popen, str]:
+    """JupyterLab on a free loopback port with a fresh token, config and data folders; returns (process, url)."""
+    port, token = free_port(), secrets.token_hex(16)
+    labconfig, notebook_settings = (
+        home / "config" / "labconfig",
+        home / "settings" / "@jupyterlab" / "notebook-extension",
+    )
+    labconfig.mkdir(parents=True)
+    notebook_settings.mkdir(parents=True)
+    # no "Jupyter news?" toast, no kernel dialog, and every cell stays in the page (no virtual scrolling)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    (notebook_settings / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True})
+    )
+    env = {
+        **os.environ,
+        "GLMLAB_HOME": str(glmlab_home),
+        "HF_HUB_OFFLINE": "1",
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        f"--LabApp.workspaces_dir={home / 'workspaces'}",
+        f"--LabApp.user_settings_dir={home / 'settings'}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    with (home / "lab.log").open("w") as log:  # the server keeps its own handle
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            return process, f"{url}/lab/tree/{NOTEBOOK.name}?token={token}"
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.terminate()
+                pytest.fail(f"JupyterLab did not start; its log:\n{(home / 'lab.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+
+
+@pytest.fixture
+def lab_page(tmp_path, glmlab_home):
+    """A Chromium page on JupyterLab showing a scratch copy of the widget notebook."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright Python package is missing: run scripts/install-browser.sh")
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    process, url = start_lab(root, tmp_path / "jupyter", glmlab_home)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 1600},
+            )
+            page = browser.new_page()
+            page.set_default_timeout(90_000)
+            page.goto(url)
+            yield page
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def run_all_cells(page, code_cells: int) -> None:
+    """Run > Run All Cells, then wait until every code cell shows an execution count."""
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for()  # the status bar: kernel started
+    page.locator(".jp-Notebook .jp-CodeCell").first.click()  # the notebook is the current widget
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(
+        ".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")
+    ).click()
+    page.wait_for_function(
+        """count => { const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+                      return prompts.length === count && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)); }""",
+        arg=code_cells,
+        timeout=120_000,
+    )
+
+
+def widget_text(widget, part: str) -> str:
+    return widget.locator(f".glmlab-{part}").first.inner_text()
+
+
+def wait_for_status(page, prefix: str, widget_index: int = 0, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(
+        """([prefix, index]) => document.querySelectorAll('.glmlab-vqa')[index]
+                                    .querySelector('.glmlab-status').textContent.startsWith(prefix)""",
+        arg=[prefix, widget_index],
+        timeout=timeout_ms,
+    )
+
+
+def test_widget_in_jupyterlab_uploads_streams_stops_and_switches_adapter(lab_page, tmp_path):
+    try:
+        drive_the_widget(lab_page, tmp_path)
+    except BaseException:
+        lab_page.screenshot(path=str(SCREENSHOT.with_name("failure.png")))  # what the page showed
+        raise
+
+
+def drive_the_widget(page, tmp_path: Path) -> None:
+    code_cells = sum(cell["cell_type"] == "code" for cell in json.loads(NOTEBOOK.read_text())["cells"])
+    run_all_cells(page, code_cells)
+    assert "Traceback (most recent call last)" not in page.locator(".jp-Notebook").inner_text()
+    widget = page.locator(".glmlab-vqa").first
+    widget.scroll_into_view_if_needed()
+
+    picture = tmp_path / "red-circle.png"
+    scene(160, 120).save(picture)
+    # ipywidgets 8.1's FileUpload keeps its <input type=file> out of the page: answer the file chooser it opens
+    with page.expect_file_chooser() as chooser:
+        widget.locator(".glmlab-upload").click()
+    chooser.value.set_files(str(picture))
+    widget.locator(".glmlab-preview", has_text="red-circle.png").locator("img").wait_for()
+    assert "1 image(s): red-circle.png" in widget.inner_text()
+
+    widget.locator(".glmlab-question textarea").fill("What is in this picture? 这张图里有什么？")
+    widget.locator(".glmlab-max-tokens input").fill("2000")  # long enough to be stopped mid-way
+    widget.locator(".glmlab-max-tokens input").press("Tab")
+    widget.locator("button.glmlab-ask").click()
+    # streamed: text is on the page while the answer is still being generated
+    page.wait_for_function("""() => { const w = document.querySelector('.glmlab-vqa');
+        return w.querySelector('.glmlab-status').textContent.startsWith('Generating')
+            && w.querySelector('.glmlab-answer').textContent.trim().length > 0; }""")
+    widget.locator("button.glmlab-stop").click()
+    wait_for_status(page, "Stopped: kept")
+    assert TIMING.fullmatch(widget_text(widget, "timing"))
+    stopped_answer = widget_text(widget, "answer")
+    assert stopped_answer.strip()
+
+    widget.locator(".glmlab-adapter select").select_option("demo")
+    widget.locator(".glmlab-max-tokens input").fill("24")
+    widget.locator(".glmlab-max-tokens input").press("Tab")
+    widget.locator(".glmlab-question textarea").press("Tab")  # keyboard path: Tab to Ask, then Enter
+    page.keyboard.press("Enter")
+    wait_for_status(page, "Done.")
+    assert TIMING.fullmatch(widget_text(widget, "timing"))
+    assert widget_text(widget, "answer").strip() not in ("", stopped_answer.strip())
+    assert widget_text(widget, "error") == ""
+
+    widget.get_by_text("History 历史").click()
+    rows = widget.locator(".glmlab-history-table tbody tr")
+    rows.last.wait_for()
+    cells = rows.last.locator("td").all_inner_texts()
+    assert (
+        cells[1] == "What is in this picture? 这张图里有什么？"
+        and cells[3] == "demo"
+        and cells[-1] == "length"
+    )
+    assert rows.nth(rows.count() - 2).locator("td").all_inner_texts()[-1] == "stopped"
+
+    widget.screenshot(path=str(SCREENSHOT))
+
+    served = page.locator(".glmlab-vqa").nth(1)  # the notebook's second widget, on glmlab's server
+    served.scroll_into_view_if_needed()
+    served.locator(".glmlab-adapter select").select_option("demo")
+    served.locator(".glmlab-question textarea").fill("Say hello. 你好")
+    served.locator("button.glmlab-ask").click()
+    wait_for_status(page, "Done.", widget_index=1)
+    assert TIMING.fullmatch(widget_text(served, "timing"))
+    assert widget_text(served, "error") == ""
+    served.screenshot(path=str(SCREENSHOT.with_name("vqa_widget_server.png")))
