@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lab bench quality clean
+.PHONY: install browser-deps demo test lab bench quality clean
 
 install: $(STAMP)
 
@@ -13,14 +13,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's chromium (+ a CJK font) for the JupyterLab browser test; needs root or sudo.
+browser-deps: install
+	scripts/install-browser.sh || echo "browser-deps: could not install chromium; the browser test will be skipped"
+
 demo: install
 	$(BIN)/glmlab demo
 
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest -q
 
 lab: install
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 bench: install
 	cd eval/bench && for b in overhead prefix_cache batching server training; do \
