@@ -189,7 +189,7 @@ class VLM:
 
     def session(self, images: Any, *, system: str | None = None, **options: Any) -> Session:
         """A handle for many questions about the same images: images load once, their prefix is kept."""
-        return Session(self, prompts.question_messages(images, "", system)[:-1], images, system, options)
+        return Session(self, images, system, options)
 
     def stream(self, images: Any, question: str, *, system: str | None = None, **options: Any) -> Stream:
         """Like `ask`, but returns a `Stream` of text pieces as they are generated (then `.answer`)."""
@@ -471,14 +471,7 @@ class Session:
     The session keeps its own prefix cache (never evicted by other calls) and its loaded images.
     """
 
-    def __init__(
-        self,
-        vlm: VLM,
-        system_messages: list[dict[str, Any]],
-        images: Any,
-        system: str | None,
-        options: dict[str, Any],
-    ) -> None:
+    def __init__(self, vlm: VLM, images: Any, system: str | None, options: dict[str, Any]) -> None:
         from glmlab.images import to_pil_list
 
         self.vlm = vlm
