@@ -66,6 +66,7 @@ TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64)
 # becomes 224x224 = 16x16 patches = 64 image tokens).
 TINY_MAX_IMAGE_PIXELS = 224 * 224  # pixel area; the processor's longest_edge is twice this
 CHAT_TEMPLATE = "glm46v_chat.jinja"
+TINY_VERSION = 1  # bump when the checkpoint's layout changes, so stale caches are rebuilt
 
 
 def build(
@@ -239,7 +240,7 @@ def make_processor(max_image_pixels: int = TINY_MAX_IMAGE_PIXELS):
 
 def ensure(home: str | Path, seed: int = 0) -> Path:
     """The cached tiny checkpoint under `home`, built once (atomically, so a crash leaves no half folder)."""
-    target = Path(home) / "tiny" / f"seed{seed}"
+    target = Path(home) / "tiny" / f"v{TINY_VERSION}-seed{seed}"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
