@@ -19,4 +19,4 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log automa
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-from glmlab.cli import ask, demo, eval, export, serve  # noqa: E402,F401  (verbs register themselves on import)
+from glmlab.cli import ask, demo, eval, export, serve, train  # noqa: E402,F401  (verbs register themselves on import)

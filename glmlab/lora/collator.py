@@ -1,0 +1,175 @@
+"""From records to training batches, with the model's own chat template and processor.
+
+The prompt part of every sample is built by `glmlab.prompts` exactly as `VLM.prepare` builds it for
+inference (same messages, same template, same `thinking` switch, same image budget), so the adapter
+is trained on precisely what it will be asked. The target is what the template renders after that
+prompt for the record's answer (thinking off: the answer itself, after the pre-filled
+`<think></think>\\n`), tokenised on its own, then closed with the token generation stops on.
+
+Labels are -100 everywhere but the target: image tokens, system and user text, the template's
+markers and padding never reach the loss. No sequence packing: Glm4v's 3-D mRoPE positions are
+computed per sequence from `image_grid_thw`, and packing would corrupt them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from glmlab import prompts
+from glmlab.data import to_messages
+from glmlab.errors import InputError
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+ANSWER_END_TOKEN = "<|user|>"
+
+
+def answer_end_token_id(tokenizer: Any, eos_token_ids: set[int]) -> int:
+    """The token that closes every target: `<|user|>` when it is one of the checkpoint's eos ids.
+
+    In GLM's template an assistant turn ends where the next `<|user|>` begins, and generation stops
+    on it (it is an eos id), so a target ending in `<|user|>` is a literal prefix of a rendered
+    multi-turn conversation. A checkpoint without it falls back to the tokenizer's eos token.
+    """
+    token_id = tokenizer.convert_tokens_to_ids(ANSWER_END_TOKEN)
+    if token_id in eos_token_ids:
+        return token_id
+    if tokenizer.eos_token_id is None:
+        raise InputError("the tokenizer has no eos token and <|user|> is not an eos id; cannot end targets.")
+    return tokenizer.eos_token_id
+
+
+@dataclass
+class EncodedSample:
+    """One training sample: token ids, labels (-100 outside the target) and its image tensors."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    mm_token_type_ids: torch.Tensor
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    prompt_text: str
+    target_text: str
+
+
+class LoraCollator:
+    """Turns records (rows of a glmlab record dataset) into padded training batches.
+
+    system / prompt: the recipe's system text and fixed instruction (None keeps the record's).
+    thinking: the template's thinking switch, as passed to `VLM.ask(..., thinking=...)`.
+    max_image_pixels: the image budget, as passed to `VLM.ask(..., max_image_pixels=...)`.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        eos_token_id: int,
+        system: str | None = None,
+        prompt: str | None = None,
+        thinking: bool = False,
+        max_image_pixels: int | None = None,
+        padding_side: str = "right",
+    ) -> None:
+        self.processor = processor
+        self.text_tokenizer = (
+            processor.tokenizer
+        )  # not `.tokenizer`: the Trainer would save it with every checkpoint
+        self.eos_token_id = eos_token_id
+        self.system = system
+        self.prompt = prompt
+        self.thinking = thinking
+        self.max_image_pixels = max_image_pixels
+        self.padding_side = padding_side
+        self.pad_token_id = (
+            self.text_tokenizer.pad_token_id if self.text_tokenizer.pad_token_id is not None else eos_token_id
+        )
+
+    # ---- one sample -----------------------------------------------------------------------------
+
+    def prompt_messages(self, record: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        """The messages inference is asked with (images first in the first user turn) and the answer."""
+        conversation = to_messages(record)
+        answer = conversation[-1]["content"]
+        turns = conversation[:-1]
+        system = self.system
+        if system is None and turns[0]["role"] == "system":
+            system = turns[0]["content"]
+        turns = [turn for turn in turns if turn["role"] != "system"]
+        if self.prompt is not None:
+            last_user = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
+            turns[last_user] = {"role": "user", "content": self.prompt}
+        images = list(record.get("images") or [])
+        first = turns[0]
+        messages = (
+            prompts.question_messages(images, first["content"], system) if first["role"] == "user" else None
+        )
+        if messages is None:
+            raise InputError(f"record {record.get('id')!r}: the conversation must start with a user turn.")
+        return messages + [dict(turn) for turn in turns[1:]], answer
+
+    def encode(self, record: dict[str, Any]) -> EncodedSample:
+        """Token ids and labels of one record: the inference prompt, then the target and its end token."""
+        messages, answer = self.prompt_messages(record)
+        conversation = prompts.to_conversation(messages)
+        prompt_text = prompts.render(self.processor, conversation.messages, thinking=self.thinking)
+        full_text = prompts.render(
+            self.processor,
+            conversation.messages + [{"role": "assistant", "content": answer}],
+            thinking=self.thinking,
+            add_generation_prompt=False,
+        )
+        if not full_text.startswith(prompt_text):
+            raise InputError(
+                f"record {record.get('id')!r}: the chat template renders the answered conversation "
+                "with a different prefix than the generation prompt; cannot split prompt from target."
+            )
+        target_text = full_text[len(prompt_text) :]
+        features = prompts.encode(
+            self.processor, [prompt_text], [conversation.images], max_image_pixels=self.max_image_pixels
+        )
+        prompt_ids = features["input_ids"][0]
+        target_ids = torch.tensor(
+            self.text_tokenizer(target_text, add_special_tokens=False)["input_ids"] + [self.eos_token_id],
+            dtype=prompt_ids.dtype,
+        )
+        type_ids = features.get("mm_token_type_ids")
+        type_ids = type_ids[0] if type_ids is not None else torch.zeros_like(prompt_ids)
+        return EncodedSample(
+            input_ids=torch.cat([prompt_ids, target_ids]),
+            labels=torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]),
+            mm_token_type_ids=torch.cat([type_ids, torch.zeros_like(target_ids, dtype=type_ids.dtype)]),
+            pixel_values=features.get("pixel_values"),
+            image_grid_thw=features.get("image_grid_thw"),
+            prompt_text=prompt_text,
+            target_text=target_text,
+        )
+
+    # ---- a batch --------------------------------------------------------------------------------
+
+    def __call__(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self.collate([self.encode(record) for record in records])
+
+    def collate(self, samples: list[EncodedSample]) -> dict[str, torch.Tensor]:
+        """Pad samples to one length (right or left); images are concatenated in sample order."""
+        length = max(len(sample.input_ids) for sample in samples)
+        batch = {
+            "input_ids": torch.full((len(samples), length), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(samples), length), dtype=torch.long),
+            "labels": torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long),
+            "mm_token_type_ids": torch.zeros((len(samples), length), dtype=torch.long),
+        }
+        for row, sample in enumerate(samples):
+            size = len(sample.input_ids)
+            span = slice(0, size) if self.padding_side == "right" else slice(length - size, length)
+            batch["input_ids"][row, span] = sample.input_ids
+            batch["attention_mask"][row, span] = 1
+            batch["labels"][row, span] = sample.labels
+            batch["mm_token_type_ids"][row, span] = sample.mm_token_type_ids
+        with_images = [sample for sample in samples if sample.pixel_values is not None]
+        if with_images:
+            batch["pixel_values"] = torch.cat([sample.pixel_values for sample in with_images])
+            batch["image_grid_thw"] = torch.cat([sample.image_grid_thw for sample in with_images])
+        return batch

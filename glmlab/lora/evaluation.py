@@ -1,0 +1,82 @@
+"""Scoring the adapter while it trains: greedy answers on held-out records, one glmlab.eval metric.
+
+The answers come from `VLM.chat`, the inference path itself, on the model being trained (peft injects
+the LoRA layers into that same network), so the number in the training log is what a user will see
+from `glmlab.load(base, adapter=...)`. Decoding is plain greedy (temperature 0, no repetition penalty)
+so the score measures what was learned, not a sampling setting. The prefix KV cache is off: the
+weights change between evaluations, and a cached prefix would be from older weights. Kept cheap: a
+small held-out split and short answers (`eval_samples`, `eval_max_new_tokens`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+
+from glmlab.eval.extract import get_extractor
+from glmlab.eval.metrics import aggregate_metric, get_metric, sample_score
+from glmlab.lora.collator import LoraCollator
+from glmlab.lora.recipe import LoraRecipe
+
+GREEDY = {"temperature": 0, "repetition_penalty": 1.0}
+
+
+class AnswerEvaluator:
+    """Generates an answer for each held-out record and scores it with the recipe's metric."""
+
+    def __init__(self, vlm: Any, collator: LoraCollator, records: Any, recipe: LoraRecipe) -> None:
+        self.vlm = vlm
+        self.collator = collator
+        self.records = records
+        self.recipe = recipe
+        self.metric = get_metric(recipe.eval_metric)
+        self.extract = get_extractor(recipe.eval_extractor)
+        self.last_answers: pd.DataFrame | None = None
+
+    def run(self, prefix: str = "eval") -> dict[str, float]:
+        """`{prefix}_{metric}` (the mean sample score) and the other aggregate numbers of the metric.
+
+        The network is put in eval mode for generation and restored afterwards (training resumes
+        in train mode with dropout on).
+        """
+        network = self.vlm.model
+        was_training = network.training
+        network.eval()
+        start = time.perf_counter()
+        try:
+            rows = [self._score(record) for record in self.records]
+        finally:
+            network.train(was_training)
+        summary = aggregate_metric(self.recipe.eval_metric, [row.pop("_result") for row in rows])
+        self.last_answers = pd.DataFrame(rows)
+        metrics = {f"{prefix}_{self.recipe.eval_metric}": float(self.last_answers["score"].mean())}
+        metrics.update(
+            {
+                f"{prefix}_{self.recipe.eval_metric}_{key}": float(value)
+                for key, value in summary.items()
+                if key != "mean"
+            }
+        )
+        metrics[f"{prefix}_runtime_s"] = round(time.perf_counter() - start, 3)
+        return metrics
+
+    def _score(self, record: dict[str, Any]) -> dict[str, Any]:
+        messages, reference = self.collator.prompt_messages(record)
+        answer = self.vlm.chat(
+            messages,
+            thinking=self.recipe.thinking,
+            max_image_pixels=self.recipe.max_image_pixels,
+            max_new_tokens=self.recipe.eval_max_new_tokens,
+            cache=False,
+            **GREEDY,
+        )
+        result = self.metric(self.extract(answer.text), [reference])
+        return {
+            "id": record.get("id"),
+            "reference": reference,
+            "answer": answer.text,
+            "score": sample_score(result),
+            "_result": result,
+        }

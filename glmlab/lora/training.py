@@ -1,0 +1,416 @@
+"""`train(recipe, output_dir)`: one LoRA run on the transformers Trainer, from recipe to adapter folder.
+
+The Trainer does what it does well and unchanged (the loop, gradient accumulation, mixed precision,
+checkpoints and `resume_from_checkpoint`, tqdm bars in a terminal or notebook, `accelerate launch` and
+`torchrun`); glmlab adds what is specific to GLM-V: samples built by the inference prompt path
+(`LoraCollator`), a loss computed only where the labels are (logits for the answer tokens only, not
+for every prompt and image token over a 151,552-token vocabulary), held-out answers scored with a
+glmlab.eval metric, and an output folder that both glmlab and plain peft load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from glmlab.errors import ConfigError
+from glmlab.lora.card import write_run_files
+from glmlab.lora.collator import IGNORE_INDEX, LoraCollator, answer_end_token_id
+from glmlab.lora.data import load_training_data
+from glmlab.lora.evaluation import AnswerEvaluator
+from glmlab.lora.recipe import LoraRecipe, load_recipe
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_DIR = "checkpoints"
+INITIAL_EVAL_FILE = "initial_eval.json"
+
+
+@dataclass
+class TrainResult:
+    """A finished run: where the adapter is, the loss/metric history, and the final numbers."""
+
+    output_dir: Path
+    recipe: LoraRecipe
+    history: pd.DataFrame
+    metrics: dict[str, float]
+    global_step: int
+    train_runtime_s: float
+    eval_answers: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def adapter_dir(self) -> Path:
+        """The PEFT adapter folder (the output folder itself): `glmlab.load(base, adapter=...)` takes it."""
+        return self.output_dir
+
+    def plot(self):
+        """A matplotlib Figure: training loss per step, and the held-out metric on a second axis."""
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(7, 3.5))
+        axis = figure.add_subplot()
+        losses = self.history.dropna(subset=["loss"]) if "loss" in self.history else self.history.iloc[0:0]
+        axis.plot(losses["step"], losses["loss"], color="tab:blue", label="training loss")
+        axis.set_xlabel("optimiser step")
+        axis.set_ylabel("loss", color="tab:blue")
+        metric = f"eval_{self.recipe.eval_metric}"
+        if metric in self.history:
+            scores = self.history.dropna(subset=[metric])
+            twin = axis.twinx()
+            twin.plot(scores["step"], scores[metric], "o-", color="tab:orange", label=metric)
+            twin.set_ylabel(metric, color="tab:orange")
+            twin.set_ylim(-0.02, 1.02)
+        axis.set_title(f"LoRA {self.recipe.name} on {self.recipe.base_model}")
+        figure.tight_layout()
+        return figure
+
+
+def train(
+    recipe: LoraRecipe | str | Path,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a LoRA adapter as `recipe` says and write it to `output_dir`.
+
+    recipe: a LoraRecipe, a recipe YAML path, or a shipped recipe's name ("shapes").
+    overrides: recipe fields to change for this run (e.g. base_model="tiny", max_steps=20); the given
+    recipe object is never modified.
+    resume: continue from the newest checkpoint in output_dir/checkpoints (after a crash or kill).
+    callbacks: extra transformers TrainerCallbacks.
+    Returns a TrainResult; the folder holds adapter_config.json, adapter_model.safetensors,
+    glmlab.json and README.md.
+    """
+    recipe = load_recipe(recipe).replace(**overrides)
+    output_dir = Path(output_dir)
+    checkpoint = _checkpoint_to_resume(output_dir, resume)
+    device, precision = resolve_device_and_precision(recipe)
+    torch.manual_seed(recipe.seed)
+    vlm = _load_base(recipe, device, precision)
+    data = load_training_data(recipe)
+    model = _with_adapter(vlm, recipe)
+    collator = LoraCollator(
+        vlm.processor,
+        eos_token_id=answer_end_token_id(vlm.tokenizer, vlm.eos_token_ids),
+        system=recipe.system,
+        prompt=recipe.prompt,
+        thinking=recipe.thinking,
+        max_image_pixels=recipe.max_image_pixels,
+        padding_side=recipe.padding_side,
+    )
+    evaluator = AnswerEvaluator(vlm, collator, data.eval, recipe) if data.eval is not None else None
+    trainer = LoraTrainer(
+        model=model,
+        args=training_arguments(recipe, output_dir, device, precision),
+        data_collator=collator,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        callbacks=callbacks,
+        evaluator=evaluator,
+        optimizers=(_optimizer(model, recipe), None),
+    )
+    initial = _initial_metrics(trainer, output_dir, checkpoint)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*use_cache=True.*")
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    if evaluator is not None and not _evaluated_at(trainer.state.log_history, trainer.state.global_step):
+        trainer.evaluate()
+    runtime = time.perf_counter() - start
+    metrics = {**initial, **_final_metrics(trainer.state.log_history), "train_loss": output.training_loss}
+    _save(trainer, output_dir, recipe, vlm, data, metrics, runtime)
+    return TrainResult(
+        output_dir=output_dir,
+        recipe=recipe,
+        history=history_frame(trainer.state.log_history, initial),
+        metrics=metrics,
+        global_step=trainer.state.global_step,
+        train_runtime_s=runtime,
+        eval_answers=evaluator.last_answers if evaluator else None,
+    )
+
+
+class LoraTrainer(Trainer):
+    """The Trainer with a loss over the answer tokens only and generation-based evaluation."""
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated batch's label count itself
+
+    def __init__(self, *args: Any, evaluator: AnswerEvaluator | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.evaluator = evaluator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Token-mean cross-entropy over the labelled positions, logits computed only there.
+
+        `num_items_in_batch` is the label count of the whole accumulated (and, across devices,
+        gathered) batch, so accumulation and data parallelism give the same gradient as one big batch.
+        """
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        outputs = model(**inputs, logits_to_keep=keep)
+        targets = labels[:, 1:][keep[:, :-1]]
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+        if num_items_in_batch is None:
+            loss = loss / targets.numel() / self.current_gradient_accumulation_steps
+        else:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Score greedy answers on the held-out records and log them like any Trainer evaluation."""
+        if self.evaluator is None:
+            return {}
+        metrics = self.evaluator.run(metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+
+
+def resolve_device_and_precision(recipe: LoraRecipe) -> tuple[str, str]:
+    """The device this process trains on and the precision; automatic choices are logged with why."""
+    if not torch.cuda.is_available():
+        if recipe.quantize_4bit:
+            raise ConfigError(
+                "quantize_4bit=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this "
+                "machine has none; set quantize_4bit: false to train in full precision on the CPU."
+            )
+        if recipe.precision == "fp16":
+            raise ConfigError(
+                "precision='fp16': fp16 mixed precision needs a CUDA GPU; use 'auto' or 'fp32'."
+            )
+        precision = "fp32" if recipe.precision == "auto" else recipe.precision
+        if recipe.precision == "auto":
+            logger.info("precision='auto' -> fp32 (CPU: bfloat16 matmul is slow there)")
+        return "cpu", precision
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if recipe.precision != "auto":
+        return device, recipe.precision
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    logger.info(
+        "precision='auto' -> %s (%s)",
+        precision,
+        "the checkpoint is bf16" if precision == "bf16" else "this GPU lacks bf16",
+    )
+    return device, precision
+
+
+def _load_base(recipe: LoraRecipe, device: str, precision: str):
+    from glmlab.loading import load
+
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*RANDOM WEIGHTS.*")
+        vlm = load(
+            recipe.base_model,
+            dtype=dtype,
+            device=device,
+            revision=recipe.revision,
+            quantize="4bit" if recipe.quantize_4bit else None,
+            max_image_pixels=recipe.max_image_pixels,
+        )
+    if recipe.quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        vlm.model = prepare_model_for_kbit_training(vlm.model, use_gradient_checkpointing=False)
+    return vlm
+
+
+def _with_adapter(vlm: Any, recipe: LoraRecipe):
+    """The PeftModel around vlm.model (LoRA layers are injected in place, so vlm itself trains too)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.alpha,
+        lora_dropout=recipe.dropout,
+        target_modules=recipe.target_regex,
+        modules_to_save=recipe.modules_to_save or None,
+        bias="none",
+    )
+    model = get_peft_model(vlm.model, config)
+    adapted = adapted_module_names(model)
+    if not adapted:
+        raise ConfigError(
+            f"target_modules={recipe.target_regex!r}: matches no module of {recipe.base_model}."
+        )
+    vision = sum(".visual." in name for name in adapted)
+    logger.info(
+        "target_modules -> %d modules (%d under language_model.layers, %d vision)",
+        len(adapted),
+        sum("language_model.layers" in name for name in adapted),
+        vision,
+    )
+    return model
+
+
+def adapted_module_names(model: Any) -> list[str]:
+    """Names of the modules that carry a LoRA adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    return [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def _optimizer(model: Any, recipe: LoraRecipe) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with LoRA+ the B matrices get a larger learning rate."""
+    if recipe.loraplus_lr_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model,
+            torch.optim.AdamW,
+            lr=recipe.learning_rate,
+            loraplus_lr_ratio=recipe.loraplus_lr_ratio,
+            loraplus_weight_decay=recipe.weight_decay,
+        )
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+
+
+def training_arguments(
+    recipe: LoraRecipe, output_dir: Path, device: str, precision: str
+) -> TrainingArguments:
+    """The Trainer's arguments for a recipe (checkpoints go to output_dir/checkpoints)."""
+    evaluate = recipe.eval_samples > 0 and recipe.eval_every_steps > 0
+    return TrainingArguments(
+        output_dir=str(output_dir / CHECKPOINT_DIR),
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler,
+        warmup_steps=recipe.warmup_ratio,
+        weight_decay=recipe.weight_decay,
+        max_grad_norm=recipe.max_grad_norm,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps or -1,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        activation_checkpointing=recipe.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=recipe.eval_every_steps if evaluate else None,
+        save_strategy="steps",
+        save_steps=recipe.save_every_steps,
+        save_total_limit=recipe.save_total_limit,
+        logging_steps=recipe.logging_steps,
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+    )
+
+
+def _checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
+    folder = output_dir / CHECKPOINT_DIR
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if resume:
+        if last is None:
+            logger.warning("resume=True but %s holds no checkpoint: starting from step 0", folder)
+        return last
+    if last is not None:
+        raise ConfigError(
+            f"{output_dir}: holds checkpoints of an earlier run ({Path(last).name}); pass resume=True "
+            "(--resume) to continue it, or choose another output folder."
+        )
+    return None
+
+
+# ---- metrics and history ------------------------------------------------------------------------
+
+
+def _initial_metrics(trainer: LoraTrainer, output_dir: Path, checkpoint: str | None) -> dict[str, float]:
+    """The held-out score before any training (chance level), kept on disk so a resumed run reports it."""
+    path = output_dir / INITIAL_EVAL_FILE
+    if checkpoint is not None and path.exists():
+        return json.loads(path.read_text())
+    if trainer.evaluator is None:
+        return {}
+    measured = trainer.evaluator.run("initial_eval")
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(measured))
+    logger.info("before training: %s", measured)
+    return measured
+
+
+def _evaluated_at(log_history: list[dict], step: int) -> bool:
+    return any(
+        entry.get("step") == step and any(key.startswith("eval_") for key in entry) for entry in log_history
+    )
+
+
+def _final_metrics(log_history: list[dict]) -> dict[str, float]:
+    latest: dict[str, float] = {}
+    for entry in log_history:
+        latest.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+    return latest
+
+
+def history_frame(log_history: list[dict], initial: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per logged step: loss, learning_rate, grad_norm, epoch and the eval metrics."""
+    entries = [entry for entry in log_history if "train_runtime" not in entry]
+    if initial:
+        entries = [
+            {"step": 0, **{key.replace("initial_eval", "eval"): value for key, value in initial.items()}}
+        ] + entries
+    if not entries:
+        return pd.DataFrame(columns=["step", "loss"])
+    frame = pd.DataFrame(entries).groupby("step", as_index=False).first()
+    return frame.sort_values("step").reset_index(drop=True)
+
+
+def _save(
+    trainer: LoraTrainer,
+    output_dir: Path,
+    recipe: LoraRecipe,
+    vlm: Any,
+    data: Any,
+    metrics: dict[str, float],
+    runtime: float,
+) -> None:
+    trainer.save_model(str(output_dir))
+    if not trainer.is_world_process_zero():
+        return
+    (output_dir / "training_args.bin").unlink(
+        missing_ok=True
+    )  # pickled; the recipe in glmlab.json says it all
+    model = trainer.model
+    trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
+    write_run_files(
+        output_dir,
+        {
+            "recipe": recipe.to_dict(),
+            "base_model": recipe.base_model,
+            "base_source": vlm.source,
+            "base_revision": recipe.revision or getattr(vlm.model.config, "_commit_hash", None),
+            "data": data.describe(),
+            "metrics": metrics,
+            "global_step": trainer.state.global_step,
+            "train_runtime_s": runtime,
+            "trainable_parameters": trainable,
+            "adapted_modules": len(adapted_module_names(model)),
+        },
+    )
