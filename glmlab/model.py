@@ -278,6 +278,7 @@ class VLM:
         grid = inputs["image_grid_thw"].tolist()
         key = (
             self.active_adapter,
+            self._weights_version(),
             str(self.dtype),
             image_digest(prompt.images),
             str(grid),
@@ -288,6 +289,11 @@ class VLM:
             entry = compute_prefix(self.model, inputs, length)
             prefix_cache.put(key, entry)
         return generate_inputs_from_prefix(self.model, inputs, entry)
+
+    def _weights_version(self) -> int:
+        """Changes whenever a weight is modified in place (an optimiser step) or modules are added, so a
+        prefix cached before training is never reused after it (torch's tensor version counters)."""
+        return sum(parameter._version for parameter in self.model.parameters()) + len(self.adapters)
 
     def _prepare_item(
         self, index: int, item: Any, thinking: bool | None, max_image_pixels: int | None

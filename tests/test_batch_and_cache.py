@@ -113,3 +113,18 @@ def test_streamed_answer_uses_the_cache_identically(vlm):
     vlm.ask(image, "warm", **GREEDY)
     stream = vlm.stream(image, "Describe", **GREEDY)
     assert "".join(stream) == vlm.ask(image, "Describe", cache=False, **GREEDY).raw
+
+
+def test_a_weight_change_in_place_never_reuses_an_old_prefix(tiny_path):
+    import torch
+
+    import glmlab
+
+    model = glmlab.load(tiny_path)
+    image = scene(112, 112, "teal")
+    model.ask(image, "Q", **GREEDY)
+    with torch.no_grad():  # what an optimiser step does to a weight
+        model.model.model.language_model.layers[0].self_attn.k_proj.weight.mul_(3.0)
+    cached = model.ask(image, "Q", **GREEDY).raw
+    assert cached == model.ask(image, "Q", cache=False, **GREEDY).raw
+    assert model.prefix_cache.misses == 2
