@@ -11,7 +11,7 @@ import pandas as pd
 from common import bench_image, load_bench_vlm, report, time_call
 
 SAMPLES = 32
-MAX_NEW_TOKENS = 24
+MAX_NEW_TOKENS = 16
 QUESTIONS = [
     "What is in the picture?",
     "Which colours appear?",
