@@ -225,3 +225,18 @@ def record() -> None:
     import tempfile
 
     print({name: first_losses(name, Path(tempfile.mkdtemp()) / name) for name in sorted(RECIPE_OVERRIDES)})
+
+
+def test_plot_works_when_no_loss_was_logged_yet():
+    import pandas as pd
+
+    from glmlab.lora import LoraRecipe
+    from glmlab.lora.training import TrainResult
+
+    recipe = LoraRecipe(name="x", base_model="tiny", generator="shapes")
+    history = pd.DataFrame({"step": [0], "eval_exact_match": [0.25]})
+    result = TrainResult(
+        output_dir=".", recipe=recipe, history=history, metrics={}, global_step=0, train_runtime_s=0.0
+    )
+    figure = result.plot()
+    assert len(figure.axes) == 2 and list(figure.axes[1].lines[0].get_ydata()) == [0.25]

@@ -59,8 +59,9 @@ class TrainResult:
 
         figure = Figure(figsize=(7, 3.5))
         axis = figure.add_subplot()
-        losses = self.history.dropna(subset=["loss"]) if "loss" in self.history else self.history.iloc[0:0]
-        axis.plot(losses["step"], losses["loss"], color="tab:blue", label="training loss")
+        if "loss" in self.history:
+            losses = self.history.dropna(subset=["loss"])
+            axis.plot(losses["step"], losses["loss"], color="tab:blue", label="training loss")
         axis.set_xlabel("optimiser step")
         axis.set_ylabel("loss", color="tab:blue")
         metric = f"eval_{self.recipe.eval_metric}"
