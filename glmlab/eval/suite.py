@@ -26,6 +26,7 @@ import yaml
 
 from glmlab.errors import ConfigError
 from glmlab.eval.extract import EXTRACTORS
+from glmlab.eval.latency import LATENCY_COLUMNS
 from glmlab.eval.metrics import METRICS
 
 __all__ = [
@@ -62,13 +63,7 @@ RESERVED_COLUMNS = (
     "extracted",
     "error",
     "finish_reason",
-    "ttft_s",
-    "latency_s",
-    "tpot_s",
-    "decode_tokens_per_s",
-    "completion_tokens",
-    "prompt_tokens",
-    "image_tokens",
+    *LATENCY_COLUMNS,
     "batch_size",
     "started_at",
     "finished_at",
@@ -77,7 +72,7 @@ RESERVED_COLUMNS = (
     "thumbnail",
 )
 ON_ERROR = ("raise", "skip")
-# YAML-level types only: value ranges are checked by glmlab.generation.GenerationSettings when a local
+# YAML-level types only: value ranges are checked by glmlab.settings.GenerationSettings when a local
 # model runs the suite (it imports torch, which scoring a saved run must not need).
 _GENERATION_TYPES: dict[str, tuple[type, ...]] = {
     "max_new_tokens": (int,),
