@@ -28,14 +28,23 @@ def main() -> None:
     try:
         served_text = client.ask(image, QUESTION, **settings).raw
         assert served_text == vlm.ask(image, QUESTION, **settings).raw, "served and in-process answers differ"
-        times = alternate({"in-process": lambda: vlm.ask(image, QUESTION, **settings),
-                           "glmlab serve (loopback)": lambda: client.ask(image, QUESTION, **settings)}, repeats=6)
+        times = alternate(
+            {
+                "in-process": lambda: vlm.ask(image, QUESTION, **settings),
+                "glmlab serve (loopback)": lambda: client.ask(image, QUESTION, **settings),
+            },
+            repeats=6,
+        )
     finally:
         server.stop()
     table = summarise(times)
     median = dict(zip(table["run"], table["median_s"], strict=True))
-    report("server", table, {"server_latency": median["glmlab serve (loopback)"] / median["in-process"]},
-           {"settings": {"max_new_tokens": MAX_NEW_TOKENS, "image": "448x448"}})
+    report(
+        "server",
+        table,
+        {"server_latency": median["glmlab serve (loopback)"] / median["in-process"]},
+        {"settings": {"max_new_tokens": MAX_NEW_TOKENS, "image": "448x448"}},
+    )
 
 
 if __name__ == "__main__":

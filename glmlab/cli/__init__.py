@@ -10,13 +10,28 @@ import logging
 
 import typer
 
-app = typer.Typer(help="glmlab: ask, fine-tune, evaluate and serve GLM-V vision-language models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="glmlab: ask, fine-tune, evaluate and serve GLM-V vision-language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log automatic choices and progress.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log automatic choices and progress."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
-from glmlab.cli import ask, demo, eval, export, serve, train  # noqa: E402,F401  (verbs register themselves on import)
+from glmlab.cli import (  # noqa: E402,F401  (verbs register themselves on import)
+    ask,
+    demo,
+    eval,
+    export,
+    serve,
+    train,
+)
