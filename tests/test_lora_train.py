@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -110,6 +117,65 @@ def test_resume_after_an_interruption_reaches_the_same_adapter(shapes_run, tmp_p
     for name, tensor in expected.items():
         assert torch.equal(actual[name], tensor), name
     assert resumed.metrics["initial_eval_exact_match"] == shapes_run.metrics["initial_eval_exact_match"]
+
+
+# A training process that hangs right after writing its step-3 checkpoint, so the test can kill it.
+HANG_AFTER_CHECKPOINT = """
+import json, sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from glmlab.lora import train
+
+class HangAfterCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            Path(sys.argv[3]).touch()
+            time.sleep(600)
+
+train(sys.argv[1], sys.argv[2], callbacks=[HangAfterCheckpoint()], **json.loads(sys.argv[4]))
+"""
+
+
+def test_a_run_killed_with_sigkill_resumes_past_a_half_written_checkpoint(shapes_run, tmp_path):
+    output, saved = tmp_path / "killed", tmp_path / "checkpoint-3-saved"
+    command = [sys.executable, "-c", HANG_AFTER_CHECKPOINT, str(LORA_DIR / "shapes.yaml"), str(output)]
+    process = subprocess.Popen([*command, str(saved), json.dumps(SHORT)], env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 300
+        while not saved.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert saved.exists(), f"the training process never reached its checkpoint (exit {process.poll()})"
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        process.kill()
+    # As if the kill had hit while step 6 was being saved: weights written, trainer_state.json not yet.
+    half_written = output / "checkpoints" / "checkpoint-6"
+    shutil.copytree(output / "checkpoints" / "checkpoint-3", half_written)
+    (half_written / "trainer_state.json").write_text('{"global_step": 6, "log_hist')
+
+    resumed = train(LORA_DIR / "shapes.yaml", output, resume=True, **SHORT)
+
+    assert resumed.global_step == 6
+    expected = load_file(shapes_run.output_dir / "adapter_model.safetensors")
+    actual = load_file(output / "adapter_model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
+
+
+def test_last_complete_checkpoint_skips_folders_without_a_readable_trainer_state(tmp_path, caplog):
+    from glmlab.lora.training import last_complete_checkpoint
+
+    for step, state in ((3, "{}"), (10, "{}"), (20, None), (30, "{truncated")):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-latest").mkdir()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert "checkpoint-30 was not fully written" in caplog.text
+    assert last_complete_checkpoint(tmp_path / "checkpoint-3") is None
 
 
 def test_an_output_folder_with_checkpoints_needs_resume(shapes_run):

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 
 from glmlab.errors import ConfigError
 from glmlab.lora.card import write_run_files
@@ -326,17 +326,44 @@ def training_arguments(
 
 def _checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
     folder = output_dir / CHECKPOINT_DIR
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    last = last_complete_checkpoint(folder) if folder.is_dir() else None
     if resume:
         if last is None:
-            logger.warning("resume=True but %s holds no checkpoint: starting from step 0", folder)
-        return last
+            logger.warning("resume=True but %s holds no complete checkpoint: starting from step 0", folder)
+        return None if last is None else str(last)
     if last is not None:
         raise ConfigError(
-            f"{output_dir}: holds checkpoints of an earlier run ({Path(last).name}); pass resume=True "
+            f"{output_dir}: holds checkpoints of an earlier run ({last.name}); pass resume=True "
             "(--resume) to continue it, or choose another output folder."
         )
     return None
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing, skipping one cut short by a kill.
+
+    The Trainer writes trainer_state.json last, and transformers' `get_last_checkpoint` does not check
+    for it, so a kill while saving would make resume crash; the half-written folder is left in place
+    (the Trainer overwrites it when it reaches that step again).
+    """
+    candidates = sorted(
+        (path for path in folder.glob("checkpoint-*") if path.name.split("-", 1)[1].isdigit()),
+        key=lambda path: int(path.name.split("-", 1)[1]),
+        reverse=True,
+    )
+    for path in candidates:
+        if _is_complete(path):
+            return path
+        logger.warning("%s was not fully written (interrupted while saving?): skipping it", path)
+    return None
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 # ---- metrics and history ------------------------------------------------------------------------
