@@ -268,7 +268,7 @@ def test_bad_generation_value_fails_before_any_model_call(vlm):
 
 
 def test_latency_columns_are_present_positive_and_consistent(vlm):
-    run = evaluate(shapes_suite(), vlm, limit=3, **QUIET)
+    run = evaluate(shapes_suite(), vlm, limit=3, batch_size=1, **QUIET)
     samples = run.samples
     assert (samples["ttft_s"] > 0).all() and (samples["ttft_s"] <= samples["latency_s"]).all()
     assert samples["completion_tokens"].tolist() == [8, 8, 8]
@@ -282,6 +282,12 @@ def test_latency_columns_are_present_positive_and_consistent(vlm):
     assert latency.loc["ttft_s", "p50"] <= latency.loc["ttft_s", "p99"]
     assert run.throughput["samples_per_s"] > 0 and run.throughput["output_tokens_per_s"] > 0
     assert run.config["settings"]["memory"] == "process_peak_rss"
+
+
+def test_local_models_are_evaluated_in_batches_of_8_by_default(vlm):
+    run = evaluate(shapes_suite(**{"generation.max_new_tokens": 2}), vlm, limit=10, **QUIET)
+    assert run.samples["batch_size"].tolist() == [8] * 8 + [2] * 2
+    assert run.config["settings"]["batch_size"] == 8
 
 
 def test_batched_run_answers_like_one_by_one_and_shares_the_batch_timing(vlm):

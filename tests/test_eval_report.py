@@ -204,6 +204,9 @@ def test_cli_flags_cover_every_evaluate_setting():
     flags = set(inspect.signature(eval_command).parameters) - set(FRONT_ONLY_FLAGS)
     library_only = {"suite", "model", "name", "on_sample", "progress", "max_thumbnails"}
     assert flags == set(inspect.signature(evaluate).parameters) - library_only
+    library = inspect.signature(evaluate).parameters
+    for flag in flags - {"adapter", "limit", "run_dir"}:  # these three: CLI paths / None
+        assert inspect.signature(eval_command).parameters[flag].default.default == library[flag].default, flag
 
 
 # ---- demo and layering ----------------------------------------------------------------------------

@@ -32,7 +32,10 @@ def eval_command(
     limit: int = typer.Option(None, help="Evaluate only the first N samples."),
     run_dir: Path = typer.Option(None, help="Run folder (default: runs/eval/<suite>-<model>-<time>)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue a run folder that has samples."),
-    batch_size: int = typer.Option(1, help="Local models: samples per batched generate call."),
+    batch_size: int = typer.Option(
+        8,
+        help="Local models: samples per batched generate call (1: one at a time, per-request latency).",
+    ),
     concurrency: int = typer.Option(4, help="--server: requests in flight at once."),
     overrides: list[str] = typer.Option(None, "--set", help="Override a suite field: --set data.n=100."),
     check: bool = typer.Option(False, "--check", help="Only validate the suite (no model is loaded)."),

@@ -2,8 +2,8 @@
 
 The model is a local `VLM` (with or without a LoRA adapter) or a client of a glmlab / OpenAI-style
 server with the same `ask`/`chat`/`chat_stream` API. How questions reach it is the one thing that
-differs, and `_answers` hides it: a local model gets `vlm.batch` when batch_size > 1 (else one call
-at a time), a server gets `concurrency` requests in flight from a thread pool, each streamed so its
+differs, and `_answers` hides it: a local model gets `vlm.batch` (8 samples per call by default:
+throughput is what an evaluation wants; batch_size=1 asks one at a time, for per-request latency), a server gets `concurrency` requests in flight from a thread pool, each streamed so its
 time to first token is measured the way `vllm bench serve` measures it.
 
 Everything that can be wrong with the suite (a field, the data, a template placeholder, a metric
@@ -49,6 +49,7 @@ __all__ = ["evaluate"]
 
 KEEP = object()  # "use the model's active adapter"
 THUMBNAIL_PX = 160
+DEFAULT_BATCH_SIZE = 8  # local models; see benchmark 3 in eval/bench/RESULTS.md
 # config.json keys that must match for a run folder to be resumed (limit and speed settings may change).
 _RESUME_KEYS = ("suite", "model")
 
@@ -58,7 +59,7 @@ def evaluate(
     model: Any,
     *,
     limit: int | None = None,
-    batch_size: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     concurrency: int = 4,
     run_dir: str | Path | None = None,
     resume: bool = True,
@@ -73,8 +74,9 @@ def evaluate(
     suite: a `Suite`, the path of a suite YAML, or the suite's fields as a dict.
     model: a local `glmlab.VLM`, or a client with the same API (`glmlab.Client`).
     limit: evaluate only the first `limit` samples (generators then generate only that many).
-    batch_size: local models: samples per `vlm.batch` call (1: one `ask` at a time). Batched samples
-        share their batch's TTFT and latency (see `glmlab.eval.latency`).
+    batch_size: local models: samples per `vlm.batch` call (default 8; 1: one `ask` at a time, which
+        measures per-request latency). Batched samples share their batch's TTFT and latency (see
+        `glmlab.eval.latency`).
     concurrency: servers: requests in flight at once.
     run_dir: folder for samples.jsonl, config.json, summary.json and figures; None keeps the run in
         memory (`run.save(path)` writes it later).
