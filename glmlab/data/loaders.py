@@ -76,27 +76,10 @@ class _Source:
     image_root: Path | None
 
 
-def load_records(
-    source: Any,
-    *,
-    split: str | None = None,
-    on_error: str = "raise",
-    limit: int | None = None,
-    columns: Mapping[str, str] | None = None,
-    image_root: str | Path | None = None,
-    hub_options: Mapping[str, Any] | None = None,
-):
-    """Load records from `source` into a `datasets.Dataset` (see `load_records_with_report`)."""
-    dataset, _ = load_records_with_report(
-        source,
-        split=split,
-        on_error=on_error,
-        limit=limit,
-        columns=columns,
-        image_root=image_root,
-        hub_options=hub_options,
-    )
-    return dataset
+def load_records(source: Any, **options: Any):
+    """Load records from `source` into a `datasets.Dataset`; options and sources as
+    `load_records_with_report`, without its report."""
+    return load_records_with_report(source, **options)[0]
 
 
 def load_records_with_report(

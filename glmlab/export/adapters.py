@@ -47,6 +47,16 @@ class AdapterInfo:
     ]  # adapted modules, transformers names ("model.language_model.layers.0.self_attn.q_proj")
     keys: list[str]  # every tensor name in adapter_model.safetensors
 
+    def require_base(self, model: str | None = None) -> str:
+        """`model` if given, else the adapter's own base model; an error naming the fix when neither."""
+        base = model or self.base_model
+        if not base:
+            raise ConfigError(
+                f"{self.path}: names no base model (no glmlab.json, no base_model_name_or_path); "
+                "pass model= (--model)."
+            )
+        return base
+
 
 def inspect_adapter(path: str | Path) -> AdapterInfo:
     """Read an adapter folder (safetensors only: pickled weights are refused)."""

@@ -39,12 +39,7 @@ def export_merged(
     from glmlab.loading import load
 
     info = inspect_adapter(adapter)
-    base = model or info.base_model
-    if not base:
-        raise ConfigError(
-            f"{info.path}: names no base model (no glmlab.json, no base_model_name_or_path); "
-            "pass model= (--model)."
-        )
+    base = info.require_base(model)
     config = base_config(base)
     quantization = getattr(config, "quantization_config", None)
     if quantization:

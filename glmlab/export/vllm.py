@@ -64,12 +64,7 @@ def export_vllm(
     from safetensors.torch import load_file, save_file
 
     info = inspect_adapter(adapter)
-    base = model or info.base_model
-    if not base:
-        raise ConfigError(
-            f"{info.path}: names no base model (no glmlab.json, no base_model_name_or_path); "
-            "pass model= (--model)."
-        )
+    base = info.require_base(model)
     modules = check_for_vllm(info, num_layers=_text_layers(base))
     if modules.vision:
         listed = ", ".join(modules.vision[:4]) + (
