@@ -157,6 +157,13 @@ def test_bad_base64_image_is_400(client):
     assert "invalid base64" in assert_error(post(client, {"messages": bad}), 400)
 
 
+@pytest.mark.parametrize("url", ["/etc/hostname", "/dev/zero", "file:///etc/hostname", "relative.png"])
+def test_an_image_url_naming_a_server_file_is_400_and_never_read(client, url):
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+    message = assert_error(post(client, {"messages": image}), 400)
+    assert "expected a data: URL" in message and "does not read paths on its own disk" in message
+
+
 def test_decompression_bomb_is_refused_before_decoding(client):
     buffer = io.BytesIO()
     Image.new("1", (10_000, 10_000)).save(buffer, format="PNG")  # 100 Mpx in ~12 KB
@@ -266,6 +273,7 @@ def test_load_and_unload_an_adapter_at_run_time(client, adapters):
     ("name", "path", "code"),
     [
         ("evil", "{root}/../../etc", "invalid_path"),
+        ("evil", "{root}/gamma\x00", "invalid_path"),
         ("evil", "relative/adapter", "invalid_path"),
         ("evil", "/etc", "path_not_allowed"),
         ("evil", "{root}/escape", "path_not_allowed"),  # a symlink inside the root pointing out of it

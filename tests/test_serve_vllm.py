@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import fields
 
@@ -153,6 +154,23 @@ def test_glmlab_engine_dry_run_and_bad_values_name_the_field():
     assert dry.exit_code == 0 and "http://127.0.0.1:9000/v1" in dry.output
     bad = CliRunner().invoke(app, ["serve", "--max-concurrency", "0", "--dry-run"])
     assert bad.exit_code == 2 and "ServerSettings.max_concurrency=0: must be at least 1" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("max_image_pixels", 100, "must be at least 784 (or unset)"),
+        ("dtype", "fp8", "must be auto | bfloat16 | float16 | float32"),
+        ("quantize", "3bit", "must be unset, 8bit or 4bit"),
+    ],
+)
+def test_server_settings_refuse_a_bad_model_setting_at_start(field, value, expected):
+    from glmlab.loading import DTYPES, QUANTIZE
+    from glmlab.serve.settings import DTYPE_NAMES, QUANTIZE_NAMES
+
+    assert DTYPE_NAMES == ("auto", *DTYPES) and QUANTIZE_NAMES == QUANTIZE  # the same choices as loading
+    with pytest.raises(ConfigError, match=re.escape(f"ServerSettings.{field}={value!r}: {expected}")):
+        ServerSettings(model="tiny", **{field: value})
 
 
 def test_settings_parse_adapter_args_and_read_the_key_from_the_environment(monkeypatch, tmp_path):

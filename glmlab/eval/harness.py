@@ -387,20 +387,13 @@ def _check_speed_settings(batch_size: int, concurrency: int) -> None:
 
 
 def _call_options(suite: Suite, model: Any, local: bool, adapter: Any) -> dict[str, Any]:
-    """Keyword arguments of every model call, checked now (before any call) for local models."""
+    """Keyword arguments of every model call; a local model's adapter is checked now, before any call."""
     gen = {
         key: value
         for key, value in suite.generation_settings().items()
         if value is not None or key == "thinking"
     }
-    if local:
-        from glmlab.generation import GenerationSettings
-
-        settings = {k: v for k, v in gen.items() if k not in ("thinking", "max_image_pixels")}
-        try:
-            GenerationSettings(**settings)
-        except InputError as error:
-            raise ConfigError(f"suite {suite.name!r}: generation.{error}") from None
+    if local:  # the generation values were checked with the suite (suite_problems)
         if adapter is not KEEP:
             if adapter is not None and adapter not in model.adapters:
                 loaded = ", ".join(model.adapters) or "none"

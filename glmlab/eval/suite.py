@@ -24,10 +24,11 @@ from typing import Any
 
 import yaml
 
-from glmlab.errors import ConfigError
+from glmlab.errors import ConfigError, InputError
 from glmlab.eval.extract import EXTRACTORS
 from glmlab.eval.latency import LATENCY_COLUMNS
 from glmlab.eval.metrics import METRICS
+from glmlab.settings import GenerationSettings
 
 __all__ = [
     "DataSource",
@@ -72,8 +73,7 @@ RESERVED_COLUMNS = (
     "thumbnail",
 )
 ON_ERROR = ("raise", "skip")
-# YAML-level types only: value ranges are checked by glmlab.settings.GenerationSettings when a local
-# model runs the suite (it imports torch, which scoring a saved run must not need).
+# YAML-level types; the value ranges are glmlab.settings.GenerationSettings' own checks (torch-free).
 _GENERATION_TYPES: dict[str, tuple[type, ...]] = {
     "max_new_tokens": (int,),
     "temperature": (int, float),
@@ -353,6 +353,11 @@ def _generation_problems(generation: Any) -> list[str]:
         ):
             names = " or ".join(kind.__name__ for kind in kinds)
             problems.append(f"generation.{key}: {value!r}; expected {names}")
+    if not problems:  # types are right: now the value ranges, the same check a model call makes
+        try:
+            GenerationSettings(**{k: v for k, v in generation.items() if k != "max_image_pixels"})
+        except InputError as error:
+            problems.append(f"generation.{error}")
     return problems
 
 

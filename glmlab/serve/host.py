@@ -195,6 +195,10 @@ class ModelHost:
         holding safetensors weights (`check_adapter_folder` refuses pickles)."""
         from glmlab.model import check_adapter_folder
 
+        if "\x00" in path:
+            raise APIError(
+                400, f"lora_path {path!r}: contains a NUL byte.", code="invalid_path", param="lora_path"
+            )
         raw = Path(path)
         if ".." in raw.parts:
             raise APIError(

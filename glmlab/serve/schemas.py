@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from glmlab.answer import THINK_CLOSE, THINK_OPEN, Answer, split_thinking
+from glmlab.errors import InputError
 from glmlab.images import to_pil
 
 MAX_TEXT_CHARS = 1_000_000  # one text part; the body limit (--max-request-bytes) bounds the total
@@ -126,7 +127,14 @@ def _glmlab_items(part: TextPart | ImagePart, image_options: dict[str, Any]) -> 
     """One text item, or one image item per decoded image (a PDF's pages, a DICOM's frames)."""
     if isinstance(part, TextPart):
         return [{"type": "text", "text": part.text}]
-    return [{"type": "image", "image": image} for image in to_pil(part.image_url.url, **image_options)]
+    url = part.image_url.url
+    if not url.startswith(("data:", "http://", "https://")):
+        # to_pil would read a local path: a client must never make the server open its own files.
+        raise InputError(
+            f"image_url.url {url[:60]!r}: expected a data: URL (base64 image) or an http(s) URL; "
+            "the server does not read paths on its own disk."
+        )
+    return [{"type": "image", "image": image} for image in to_pil(url, **image_options)]
 
 
 class LoadAdapterRequest(_Strict):

@@ -19,6 +19,9 @@ from glmlab.errors import ConfigError
 from glmlab.images import DEFAULT_MAX_INPUT_PIXELS
 from glmlab.loading import DEFAULT_MODEL
 
+# glmlab.loading's choices, named here so the server checks them at start without importing torch.
+DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZE_NAMES = ("8bit", "4bit")
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "GLMLAB_API_KEY"
@@ -66,7 +69,7 @@ class ServerSettings:
     max_request_bytes: int = _option(20 * 1024 * 1024, "Refuse request bodies larger than this (413).")
     max_concurrency: int = _option(8, "Requests queued plus running; beyond it requests get 429.")
     timeout_s: float = _option(300.0, "Seconds a request may wait and generate before 504.", flag="--timeout")
-    dtype: str = _option("auto", "auto | bfloat16 | float16 | float32.")
+    dtype: str = _option("auto", " | ".join(DTYPE_NAMES) + ".")
     device: str = _option("auto", "auto | cpu | cuda | cuda:N.")
     quantize: str | None = _option(None, "None | 8bit | 4bit (bitsandbytes, CUDA only).")
 
@@ -81,6 +84,13 @@ class ServerSettings:
             ("max_request_bytes", self.max_request_bytes >= 1024, "at least 1024"),
             ("max_input_pixels", self.max_input_pixels >= 28 * 28, "at least 784"),
             ("timeout_s", self.timeout_s > 0, "greater than 0"),
+            (
+                "max_image_pixels",
+                self.max_image_pixels is None or self.max_image_pixels >= 28 * 28,
+                "at least 784 (or unset)",
+            ),
+            ("dtype", self.dtype in DTYPE_NAMES, " | ".join(DTYPE_NAMES)),
+            ("quantize", self.quantize in (None, *QUANTIZE_NAMES), "unset, " + " or ".join(QUANTIZE_NAMES)),
         ]
         for name, valid, expected in checks:
             if not valid:
