@@ -81,6 +81,19 @@ def test_validation_reports_all_invalid_fields_at_once_with_their_paths():
         assert expected in message
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ({"top_p": 2}, "generation.top_p=2: must be in (0, 1]"),
+        ({"temperature": "hot"}, "generation.temperature: 'hot'; expected int or float"),
+    ],
+)
+def test_generation_values_are_checked_with_the_suite_for_any_model(setting, expected):
+    with pytest.raises(ConfigError) as raised:
+        Suite.from_dict(minimal(generation=setting))  # before evaluate: a server run is caught too
+    assert expected in str(raised.value)
+
+
 def test_unknown_metric_fails_before_any_model_call():
     with pytest.raises(ConfigError, match=r"metrics\[0\]\.name: unknown metric 'accuracy'"):
         evaluate(Suite.from_dict(minimal()).to_dict() | {"metrics": ["accuracy"]}, model=None)
