@@ -153,6 +153,29 @@ def test_last_complete_checkpoint_skips_folders_without_a_readable_trainer_state
     assert last_complete_checkpoint(tmp_path / "checkpoint-3") is None
 
 
+def test_target_modules_matching_nothing_is_a_config_error_naming_them(tiny_path, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"^target_modules=.*qproj.* on tiny: Target modules .*qproj not found"
+    ):
+        train(
+            LORA_DIR / "shapes.yaml",
+            tmp_path / "run",
+            **{**SHORT, "target_modules": r".*\.qproj", "adapt_vision": "none", "modules_to_save": []},
+        )
+
+
+def test_a_data_folder_trains_on_all_its_records_unless_train_samples_caps_it(tmp_path):
+    from glmlab.data import generate, save_records
+    from glmlab.lora.data import load_training_data
+
+    save_records(generate("shapes", 30, seed=1, size=56), tmp_path / "data")
+    recipe = LoraRecipe.from_dict(
+        {"name": "folder", "base_model": "tiny", "data_path": str(tmp_path / "data")}
+    )
+    assert len(load_training_data(recipe.replace(eval_samples=4)).train) == 26
+    assert len(load_training_data(recipe.replace(eval_samples=4, train_samples=10)).train) == 10
+
+
 def test_an_output_folder_with_checkpoints_needs_resume(shapes_run):
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run .*pass resume=True"):
         train(LORA_DIR / "shapes.yaml", shapes_run.output_dir, **SHORT)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glmlab.errors import ConfigError
-from glmlab.lora.recipe import LoraRecipe
+from glmlab.lora.recipe import DEFAULT_GENERATED_SAMPLES, LoraRecipe
 
 logger = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_003  # generated eval records use another seed, so they are other images
@@ -56,7 +56,7 @@ def load_training_data(recipe: LoraRecipe) -> TrainingData:
 def _generated(recipe: LoraRecipe):
     from glmlab.data import generate, load_records
 
-    count = recipe.train_samples or 1000
+    count = recipe.train_samples or DEFAULT_GENERATED_SAMPLES
     train = load_records(generate(recipe.generator, count, seed=recipe.seed, **recipe.generator_options))
     held_out = None
     if recipe.eval_samples:
@@ -86,7 +86,10 @@ def _loaded(recipe: LoraRecipe):
         )
     shuffled = records.shuffle(seed=recipe.seed)
     cut = len(shuffled) - recipe.eval_samples
-    train = shuffled.select(range(min(cut, recipe.train_samples or cut)))
+    kept = min(cut, recipe.train_samples or cut)
+    if kept < cut:
+        logger.info("train_samples=%d: training on %d of %d records", kept, kept, cut)
+    train = shuffled.select(range(kept))
     held_out = shuffled.select(range(cut, len(shuffled))) if recipe.eval_samples else None
     return train, held_out, f"{source} shuffled with seed {recipe.seed}"
 

@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from glmlab.lora.recipe import LoraRecipe
+from glmlab.lora.recipe import DEFAULT_GENERATED_SAMPLES, LoraRecipe
 
 GIB = 1024**3
 BF16_BYTES = 2
@@ -257,10 +257,12 @@ def estimate_time(
 
 
 def total_steps(recipe: LoraRecipe) -> int:
+    """Optimiser steps; a folder/hub source without train_samples counts as DEFAULT_GENERATED_SAMPLES
+    records (its size is unknown before loading)."""
     if recipe.max_steps:
         return recipe.max_steps
     per_epoch = math.ceil(
-        (recipe.train_samples or 1000) / (recipe.batch_size * recipe.gradient_accumulation_steps)
+        (recipe.train_samples or DEFAULT_GENERATED_SAMPLES) / (recipe.batch_size * recipe.gradient_accumulation_steps)
     )
     return math.ceil(per_epoch * recipe.epochs)
 

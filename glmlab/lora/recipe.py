@@ -41,6 +41,8 @@ def _help(text: str, **extra: Any) -> Any:
     return field(metadata={"help": text}, **extra)
 
 
+DEFAULT_GENERATED_SAMPLES = 1000  # a generator recipe without train_samples
+
 @dataclass
 class LoraRecipe:
     """One LoRA run. Every field has a default; a YAML recipe sets only what it changes."""
@@ -63,7 +65,8 @@ class LoraRecipe:
     hub_dataset: str | None = _help("A hub dataset name of records.", default=None)
     hub_split: str = _help("Split of hub_dataset to train on.", default="train")
     train_samples: int | None = _help(
-        "Training records: how many to generate, or a cap on a folder/hub source (None: all).", default=1000
+        "Training records: how many to generate (None: 1000), or a cap on a folder/hub source (None: all).",
+        default=None,
     )
     eval_samples: int = _help("Held-out records scored during training (0: no evaluation).", default=64)
     # -- prompt

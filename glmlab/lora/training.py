@@ -249,18 +249,16 @@ def _with_adapter(vlm: Any, recipe: LoraRecipe):
         modules_to_save=recipe.modules_to_save or None,
         bias="none",
     )
-    model = get_peft_model(vlm.model, config)
+    try:
+        model = get_peft_model(vlm.model, config)
+    except ValueError as error:  # peft's NoMatchingPeftModuleError among others
+        raise ConfigError(f"target_modules={recipe.target_regex!r} on {recipe.base_model}: {error}") from None
     adapted = adapted_module_names(model)
-    if not adapted:
-        raise ConfigError(
-            f"target_modules={recipe.target_regex!r}: matches no module of {recipe.base_model}."
-        )
-    vision = sum(".visual." in name for name in adapted)
     logger.info(
         "target_modules -> %d modules (%d under language_model.layers, %d vision)",
         len(adapted),
         sum("language_model.layers" in name for name in adapted),
-        vision,
+        sum(".visual." in name for name in adapted),
     )
     return model
 
