@@ -83,6 +83,7 @@ class VLM:
         self.adapters: dict[str, str] = {}
         self.active_adapter: str | None = None
         self._peft: Any = None  # the PeftModel that manages injected adapters, once one is loaded
+        self._adapter_loads = 0  # bumped by every adapter load/unload: part of each prefix-cache key
         self.lock = threading.RLock()
         self.image_token_id = model.config.image_token_id
         self.end_of_image_id = model.config.image_end_token_id
@@ -144,15 +145,16 @@ class VLM:
         thinking: bool | None = None,
         adapter: Any = _ACTIVE,
         max_image_pixels: int | None = None,
-        cache: bool = True,
+        cache: bool | PrefixCache = True,
         **gen: Any,
     ) -> Answer:
-        """Answer the last turn of a conversation (OpenAI or transformers message format)."""
+        """Answer the last turn of a conversation (OpenAI or transformers message format).
+
+        cache: True uses the model's prefix cache, False none, a PrefixCache that one (a session's).
+        """
         settings = GenerationSettings(**gen)
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
-        return self._generate(
-            prompt, settings, adapter, TokenClock(), None, self.prefix_cache if cache else None
-        )
+        return self._generate(prompt, settings, adapter, TokenClock(), None, self._cache_for(cache))
 
     def batch(
         self,
@@ -174,6 +176,9 @@ class VLM:
         from tqdm.auto import tqdm
 
         settings = GenerationSettings(**gen)
+        self._check_requested_adapter(adapter)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size={batch_size!r}: must be an integer >= 1.")
         prepared = [
             self._prepare_item(index, item, thinking, max_image_pixels) for index, item in enumerate(items)
         ]
@@ -207,9 +212,10 @@ class VLM:
     ) -> Stream:
         """Like `chat`, streamed. Bad input raises here, before any thread starts."""
         settings = GenerationSettings(**gen)
+        self._check_requested_adapter(adapter)
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
         streamer = TextClock(self.tokenizer, self.hidden_token_ids)
-        cache = self.prefix_cache if cache else None
+        cache = self._cache_for(cache)
         return Stream(
             lambda clock, stop: self._generate(prompt, settings, adapter, clock, stop, cache), streamer
         )
@@ -290,10 +296,21 @@ class VLM:
             prefix_cache.put(key, entry)
         return generate_inputs_from_prefix(self.model, inputs, entry)
 
+    def _cache_for(self, cache: bool | PrefixCache) -> PrefixCache | None:
+        if isinstance(cache, PrefixCache):
+            return cache
+        return self.prefix_cache if cache else None
+
+    def _check_requested_adapter(self, adapter: Any) -> None:
+        """A bad adapter name fails the call up front (not inside a batch's or a stream's fallback)."""
+        if adapter is not _ACTIVE and adapter is not None:
+            self._check_adapter(adapter)
+
     def _weights_version(self) -> int:
-        """Changes whenever a weight is modified in place (an optimiser step) or modules are added, so a
-        prefix cached before training is never reused after it (torch's tensor version counters)."""
-        return sum(parameter._version for parameter in self.model.parameters()) + len(self.adapters)
+        """Changes whenever a weight is modified in place (an optimiser step, torch's tensor version
+        counters) or an adapter is loaded or unloaded, so no prefix outlives the weights it came from
+        (a session's own cache included)."""
+        return sum(parameter._version for parameter in self.model.parameters()) + self._adapter_loads
 
     def _prepare_item(
         self, index: int, item: Any, thinking: bool | None, max_image_pixels: int | None
@@ -325,6 +342,8 @@ class VLM:
                     **inputs, generation_config=config, streamer=clock, tokenizer=self.tokenizer
                 )
                 end = time.perf_counter()
+        except GlmlabError:
+            raise
         except (RuntimeError, ValueError) as error:
             logger.warning("a batch of %d failed (%s); answering its items one by one", len(group), error)
             return [self._generate_one_safely(item, settings, adapter) for item in group]
@@ -420,7 +439,8 @@ class VLM:
                     f"{path}: could not be loaded as a LoRA adapter for {self.name} ({error})."
                 ) from None
             self.adapters[name] = str(path)
-            self.prefix_cache.clear()
+            self._adapter_loads += 1
+            self.prefix_cache.clear()  # their keys can no longer match: free the memory
             self.set_adapter(name if activate else self.active_adapter)
         logger.info("loaded adapter %r from %s", name, path)
         return name
@@ -442,6 +462,7 @@ class VLM:
             self._check_adapter(name)
             self._peft.delete_adapter(name)
             del self.adapters[name]
+            self._adapter_loads += 1
             self.prefix_cache.clear()
             if not self.adapters:
                 self._peft.unload()
@@ -487,14 +508,9 @@ class Session:
         self.prefix_cache = PrefixCache(max_bytes=2**62)
 
     def ask(self, question: str, **options: Any) -> Answer:
-        merged = {**self.options, **options}
-        thinking, adapter = merged.pop("thinking", None), merged.pop("adapter", _ACTIVE)
-        max_image_pixels = merged.pop("max_image_pixels", None)
+        """`vlm.chat` on the session's images and system prompt, with the session's own prefix cache."""
         messages = prompts.question_messages(self.images, question, self.system)
-        prompt = self.vlm.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
-        return self.vlm._generate(
-            prompt, GenerationSettings(**merged), adapter, TokenClock(), None, self.prefix_cache
-        )
+        return self.vlm.chat(messages, **{**self.options, **options, "cache": self.prefix_cache})
 
 
 def check_adapter_folder(path: Path) -> None:

@@ -128,3 +128,50 @@ def test_a_weight_change_in_place_never_reuses_an_old_prefix(tiny_path):
     cached = model.ask(image, "Q", **GREEDY).raw
     assert cached == model.ask(image, "Q", cache=False, **GREEDY).raw
     assert model.prefix_cache.misses == 2
+
+
+def test_a_session_never_reuses_a_prefix_across_an_adapter_swap_under_the_same_name(tiny_path, tmp_path):
+    import glmlab
+    from glmlab.widgets.demo import random_adapter
+
+    model = glmlab.load(tiny_path)
+    first, second = (
+        random_adapter(model, tmp_path / "a", seed=1),
+        random_adapter(model, tmp_path / "b", seed=2),
+    )
+    model.load_adapter(first, "domain")
+    session = model.session(scene(112, 140, "navy"))
+    session.ask("Q", **GREEDY)
+    model.unload_adapter("domain")
+    model.load_adapter(second, "domain")
+    expected = model.ask(scene(112, 140, "navy"), "Q", cache=False, **GREEDY).raw
+    assert expected != model.ask(scene(112, 140, "navy"), "Q", adapter=None, cache=False, **GREEDY).raw
+    assert session.ask("Q", **GREEDY).raw == expected
+    assert (session.prefix_cache.misses, session.prefix_cache.hits) == (2, 0)
+
+
+def test_a_lru_hit_protects_an_entry_from_eviction(vlm):
+    original = vlm.prefix_cache
+    try:
+        vlm.prefix_cache = PrefixCache(max_bytes=30_000)  # room for two 112x112 prefixes
+        a, b, c = scene(colour="red"), scene(colour="green"), scene(colour="blue")
+        for image in (a, b, a, c):  # a is used again after b, so b is the least recently used
+            vlm.ask(image, "Q", **GREEDY)
+        misses = vlm.prefix_cache.misses
+        vlm.ask(a, "Q", **GREEDY)
+        assert vlm.prefix_cache.misses == misses
+        vlm.ask(b, "Q", **GREEDY)
+        assert vlm.prefix_cache.misses == misses + 1
+    finally:
+        vlm.prefix_cache = original
+
+
+def test_an_unknown_adapter_or_batch_size_fails_the_whole_call_up_front(vlm):
+    from glmlab.errors import AdapterError, InputError
+
+    with pytest.raises(AdapterError, match="adapter 'nope' is not loaded"):
+        vlm.batch([(scene(), "Q")], adapter="nope", **GREEDY)
+    with pytest.raises(AdapterError, match="adapter 'nope' is not loaded"):
+        vlm.stream(scene(), "Q", adapter="nope", **GREEDY)
+    with pytest.raises(InputError, match="batch_size=0: must be an integer >= 1"):
+        vlm.batch([(scene(), "Q")], batch_size=0, **GREEDY)
