@@ -129,8 +129,14 @@ class Stream:
     generated is kept), and read `answer` (blocks until generation ends).
     """
 
-    def __init__(self, run: Callable[[TextClock, threading.Event], Answer], streamer: TextClock) -> None:
+    def __init__(
+        self,
+        run: Callable[[TextClock, threading.Event], Answer],
+        streamer: TextClock,
+        stops: list[str] | None = None,
+    ) -> None:
         self._streamer = streamer
+        self._stops = stops or []
         self._stop = threading.Event()
         self._answer: Answer | None = None
         self._error: BaseException | None = None
@@ -148,10 +154,17 @@ class Stream:
 
     def __iter__(self) -> Iterator[str]:
         if not self._consumed:
-            for piece in self._streamer:
-                if piece:
-                    self.text += piece
-                    yield piece
+            held, stopped = "", False
+            for piece in self._streamer:  # read to the end even after a stop string: generation ends there
+                if stopped or not piece:
+                    continue
+                ready, held, stopped = split_at_stop(held + piece, self._stops)
+                if ready:
+                    self.text += ready
+                    yield ready
+            if held and not stopped:
+                self.text += held
+                yield held
             self._consumed = True
         self._thread.join()
         if self._error is not None:
@@ -166,3 +179,16 @@ class Stream:
             pass
         assert self._answer is not None
         return self._answer
+
+
+def split_at_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
+    """(text safe to show, tail held back, whether a stop string was reached).
+
+    Hand-written: transformers' streamers show a stop string before generation halts on it, while the
+    final Answer cuts it off; holding back any tail that could start a stop string keeps them equal.
+    """
+    found = [index for index in (text.find(stop) for stop in stops) if index >= 0]
+    if found:
+        return text[: min(found)], "", True
+    held = max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
+    return text[: len(text) - held], text[len(text) - held :], False

@@ -217,7 +217,9 @@ class VLM:
         streamer = TextClock(self.tokenizer, self.hidden_token_ids)
         cache = self._cache_for(cache)
         return Stream(
-            lambda clock, stop: self._generate(prompt, settings, adapter, clock, stop, cache), streamer
+            lambda clock, stop: self._generate(prompt, settings, adapter, clock, stop, cache),
+            streamer,
+            settings.stop,
         )
 
     def prepare(

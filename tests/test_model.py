@@ -118,6 +118,22 @@ def test_stop_strings_end_the_answer(vlm, red_image):
     assert marker not in cut.raw and full.startswith(cut.raw) and cut.finish_reason == "stop"
 
 
+def test_a_stream_never_shows_the_stop_string_its_answer_cuts(vlm, red_image):
+    full = vlm.ask(red_image, "Q", temperature=0, max_new_tokens=12).raw
+    marker = full.strip().split()[1]
+    stream = vlm.stream(red_image, "Q", temperature=0, max_new_tokens=12, stop=[marker])
+    assert "".join(stream) == stream.answer.raw == full.split(marker, 1)[0]
+
+
+def test_split_at_stop_holds_back_only_what_could_start_a_stop_string():
+    from glmlab.generation import split_at_stop
+
+    assert split_at_stop("hello wor", ["world"]) == ("hello ", "wor", False)
+    assert split_at_stop("hello wx", ["world"]) == ("hello wx", "", False)
+    assert split_at_stop("say END now", ["END", "STOP"]) == ("say ", "", True)
+    assert split_at_stop("abc", []) == ("abc", "", False)
+
+
 def test_text_only_question(vlm):
     answer = vlm.ask(None, "Hello?", **GREEDY)
     assert answer.usage.image_tokens == 0 and answer.usage.completion_tokens == 8
