@@ -262,7 +262,8 @@ def total_steps(recipe: LoraRecipe) -> int:
     if recipe.max_steps:
         return recipe.max_steps
     per_epoch = math.ceil(
-        (recipe.train_samples or DEFAULT_GENERATED_SAMPLES) / (recipe.batch_size * recipe.gradient_accumulation_steps)
+        (recipe.train_samples or DEFAULT_GENERATED_SAMPLES)
+        / (recipe.batch_size * recipe.gradient_accumulation_steps)
     )
     return math.ceil(per_epoch * recipe.epochs)
 

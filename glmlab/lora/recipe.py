@@ -43,6 +43,7 @@ def _help(text: str, **extra: Any) -> Any:
 
 DEFAULT_GENERATED_SAMPLES = 1000  # a generator recipe without train_samples
 
+
 @dataclass
 class LoraRecipe:
     """One LoRA run. Every field has a default; a YAML recipe sets only what it changes."""
