@@ -98,6 +98,16 @@ def test_export_refuses_a_non_empty_folder_unless_overwrite(adapters, tmp_path):
     assert export_vllm(adapters["alpha"], tmp_path / "out", overwrite=True).path == tmp_path / "out"
 
 
+@pytest.mark.parametrize("exporter", [export_vllm, export_merged])
+def test_overwrite_never_deletes_the_adapter_being_exported(adapters, tmp_path, exporter):
+    source = tmp_path / "runs" / "alpha"
+    shutil.copytree(adapters["alpha"], source)
+    for out in (source, source.parent):
+        with pytest.raises(ConfigError, match="holds the adapter being exported"):
+            exporter(source, out, overwrite=True)
+    assert (source / "adapter_model.safetensors").is_file()
+
+
 @pytest.fixture(scope="module")
 def vlm(served_vlm, adapters):
     """The module's tiny model with the source adapters alpha and beta loaded (base stays active)."""

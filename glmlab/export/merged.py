@@ -54,7 +54,7 @@ def export_merged(
             "or serve the adapter unmerged (glmlab export --format vllm)."
         )
     dtype = _merge_dtype(config, dtype)
-    out = prepare_output(out, overwrite)
+    out = prepare_output(out, overwrite, info.path)
     vlm = load(base, dtype=dtype, device=device)
     merged = PeftModel.from_pretrained(vlm.model, str(info.path)).merge_and_unload()
     merged.save_pretrained(out)

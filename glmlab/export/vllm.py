@@ -78,7 +78,7 @@ def export_vllm(
         message = f"{info.path}: dropping vision-tower modules vLLM would ignore: {listed}."
         warnings.warn(message, UserWarning, stacklevel=2)
         logger.warning(message)
-    out = prepare_output(out, overwrite)
+    out = prepare_output(out, overwrite, info.path)
     name = name or out.name
     kept = set(modules.text)
     tensors = load_file(str(info.path / "adapter_model.safetensors"))
@@ -128,9 +128,12 @@ def _serve_line(base: str, name: str, out: Path) -> str:
     return vllm_command(settings).shell()
 
 
-def prepare_output(out: str | Path, overwrite: bool) -> Path:
-    """An empty output folder; a non-empty one is replaced only with overwrite=True."""
+def prepare_output(out: str | Path, overwrite: bool, source: Path) -> Path:
+    """An empty output folder; a non-empty one is replaced only with overwrite=True, and never when it
+    is (or holds) the adapter being exported."""
     out = Path(out).expanduser()
+    if source.resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"{out}: holds the adapter being exported ({source}); choose another --out.")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(
