@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 
 import pytest
@@ -267,6 +268,34 @@ def test_load_and_unload_an_adapter_at_run_time(client, adapters):
     assert_error(
         client.post("/v1/unload_lora_adapter", json={"lora_name": "gamma"}), 404, "adapter_not_found"
     )
+
+
+def test_load_inplace_replaces_an_adapter_and_a_failed_replacement_keeps_the_old_one(
+    client, adapters, adapter_root
+):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    def load(path, inplace=False):
+        body = {"lora_name": "delta", "lora_path": str(path), "load_inplace": inplace}
+        return client.post("/v1/load_lora_adapter", json=body)
+
+    def answer():
+        body = {"model": "delta", "messages": [{"role": "user", "content": "Describe"}], **GREEDY}
+        return post(client, body).json()["choices"][0]["message"]["content"]
+
+    broken = adapter_root / "broken-shapes"
+    if not broken.exists():
+        shutil.copytree(adapters["gamma"], broken)
+        weights = load_file(broken / "adapter_model.safetensors")
+        save_file({k: torch.zeros(3, 3) for k in weights}, broken / "adapter_model.safetensors")
+    assert load(adapters["gamma"]).status_code == 200
+    before = answer()
+    assert_error(load(broken, inplace=True), 400)
+    assert answer() == before  # the old delta is still there and unchanged
+    assert load(adapters["alpha"], inplace=True).status_code == 200
+    assert answer() != before
+    assert client.post("/v1/unload_lora_adapter", json={"lora_name": "delta"}).status_code == 200
 
 
 @pytest.mark.parametrize(

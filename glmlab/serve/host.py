@@ -173,8 +173,16 @@ class ModelHost:
                     code="adapter_exists",
                     param="lora_name",
                 )
-            vlm.unload_adapter(name)
-        vlm.load_adapter(folder, name, activate=False)
+            with vlm.lock:  # no request runs between the unload and the load
+                previous = vlm.adapters[name]
+                vlm.unload_adapter(name)
+                try:
+                    vlm.load_adapter(folder, name, activate=False)
+                except GlmlabError:
+                    vlm.load_adapter(previous, name, activate=False)  # a failed replacement keeps the old one
+                    raise
+        else:
+            vlm.load_adapter(folder, name, activate=False)
         logger.info("loaded adapter %r from %s", name, folder)
         return name
 
