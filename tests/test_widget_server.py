@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import socket
 import warnings
 
@@ -41,6 +42,15 @@ def test_server_widget_lists_the_servers_models_as_adapters(served):
     widget = make_widget(glmlab.Client(served.url))
     assert widget.adapter.options == (("tiny (base model)", ""), ("demo", "demo"))
     assert widget.adapter.value == ""
+
+
+def test_a_client_model_the_server_lacks_falls_back_to_the_base_model_and_says_so(served):
+    widget = make_widget(glmlab.Client(served.url, model="not-served"))
+    assert widget.adapter.value == "" and "'not-served' is not served here" in html.unescape(
+        widget.error.value
+    )
+    widget_demo = make_widget(glmlab.Client(served.url, model="demo"))
+    assert widget_demo.adapter.value == "demo" and widget_demo.error.value == ""
 
 
 def test_server_widget_answers_like_the_local_model_with_either_adapter(served, vlm):

@@ -475,7 +475,11 @@ class VQAWidget(widgets.VBox):
         current = self.adapter.value
         self.adapter.options = options
         values = [value for _, value in options]
-        self.adapter.value = current if current in values else self.backend.default_adapter()
+        default = self.backend.default_adapter()
+        if current not in values and default not in values:  # e.g. Client(model=...) the server lacks
+            self._show_error(f"{default!r} is not served here; using the base model.")
+            default = BASE
+        self.adapter.value = current if current in values else default
 
     # ---- history -------------------------------------------------------------------------------
 
