@@ -11,7 +11,7 @@ invoice still matches.
 
 from __future__ import annotations
 
-import math
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,14 +82,13 @@ def row_key(row: pd.Series, keys: Sequence[str]) -> tuple[str, ...] | None:
     values = []
     for key in keys:
         value = row[key]
-        if _missing(value):
+        if pd.api.types.is_scalar(value) and pd.isna(value):  # None, NaN, NaT, pd.NA
             return None
+        if isinstance(value, datetime.date):  # datetime columns (read_excel, parse_dates)
+            value = value.isoformat()[:10]
         normalised = normalize_field_value(value, FIELD_KINDS.get(key, "auto"))
         if not normalised:
             return None
         values.append(normalised)
     return tuple(values)
 
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -47,6 +47,21 @@ def test_flag_duplicates_never_flags_rows_with_a_missing_key():
     assert flagged_columns(flag_duplicates(extracted, HISTORY)) == [[False, None, None]] * 2
 
 
+def test_flag_duplicates_reads_datetime_columns_like_date_strings_and_never_pairs_missing_dates():
+    extracted = pd.DataFrame(
+        {
+            "invoice_number": ["0001", "0007", "0007"],
+            "date": pd.to_datetime(["2024-07-12", None, None]),  # as read_excel / parse_dates give them
+            "total": ["10582.64", "1", "1"],
+        }
+    )
+    assert flagged_columns(flag_duplicates(extracted, HISTORY)) == [
+        [True, "history", "h1"],
+        [False, None, None],
+        [False, None, None],
+    ]
+
+
 def test_flag_duplicates_uses_the_given_keys():
     extracted = pd.DataFrame([{"invoice_number": "0002", "date": "2025-01-01", "total": "1"}])
     flagged = flag_duplicates(extracted, HISTORY, keys=["invoice_number"])
