@@ -91,4 +91,3 @@ def row_key(row: pd.Series, keys: Sequence[str]) -> tuple[str, ...] | None:
             return None
         values.append(normalised)
     return tuple(values)
-

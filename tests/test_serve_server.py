@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,7 +158,7 @@ def test_bad_json_over_http_is_400(server):
 
 
 def test_queue_full_is_429_and_a_disconnected_stream_frees_its_place(served_vlm):
-    settings = ServerSettings(model="tiny", max_concurrency=1, timeout_s=60)
+    settings = ServerSettings(model="tiny", max_concurrency=1, timeout_s=60, port=0)
     with start(served_vlm, settings) as busy:
         client = openai.OpenAI(base_url=busy.url, api_key="none", max_retries=0)
         stream = client.chat.completions.create(
@@ -207,3 +208,23 @@ def test_cli_export_to_a_running_server(server, adapters):
     assert "registered 'via-cli'" in result.output
     client = openai.OpenAI(base_url=server.url, api_key=API_KEY, max_retries=0)
     client.post("/unload_lora_adapter", body={"lora_name": "via-cli"}, cast_to=str)
+
+
+def test_start_listens_on_the_settings_port_and_a_failed_load_leaves_no_server_running(served_vlm):
+    import socket
+
+    from glmlab.errors import ModelLoadError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    with start(served_vlm, ServerSettings(model="tiny", port=free)) as server:
+        assert server.url == f"http://127.0.0.1:{free}/v1"
+
+    def serving() -> int:
+        return sum(thread.name == "glmlab-serve" and thread.is_alive() for thread in threading.enumerate())
+
+    before = serving()
+    with pytest.raises(ModelLoadError, match="failed to load"):
+        start(ServerSettings(model="/no/such/checkpoint", port=0))
+    assert serving() == before

@@ -93,6 +93,7 @@ def server_fixture(served_vlm, adapters):
         max_request_bytes=2 * 1024 * 1024,
         max_input_pixels=4096 * 4096,
         timeout_s=60,
+        port=0,
     )
     running = start(served_vlm, settings)
     yield running

@@ -77,14 +77,23 @@ def start(
     settings: ServerSettings | None = None,
     *,
     host: str | None = None,
-    port: int = 0,
+    port: int | None = None,
     wait: bool = True,
 ) -> ServerThread:
     """Serve `source` (ServerSettings or a loaded VLM) from a background thread; returns the running server.
 
-    port=0 picks a free port. wait=True returns once the model is loaded and the server answers.
+    host, port: default the given settings' (port 0, a free one, when none were given).
+    wait=True returns once the model is loaded and the server answers (a failed load stops it again).
     """
     app = create_app(source, settings)
-    chosen = settings or (source if isinstance(source, ServerSettings) else None)
-    server = ServerThread(app, host or (chosen.host if chosen else "127.0.0.1"), port).start()
-    return server.wait_ready() if wait else server
+    given = settings or (source if isinstance(source, ServerSettings) else None)
+    used = app.state.host.settings
+    chosen_port = port if port is not None else (given.port if given else 0)
+    server = ServerThread(app, host or used.host, chosen_port).start()
+    if not wait:
+        return server
+    try:
+        return server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
