@@ -1,7 +1,7 @@
 """Batched generation: many prompts through one `generate` call, padding kept small.
 
-Items are prepared one by one (so one bad image fails only its item), grouped by image sizes and
-prompt length so a batch holds similar prompts (little padding), left-padded into one tensor batch,
+Items are prepared one by one (so one bad image fails only its item), grouped by prompt length
+(image tokens included) so a batch holds similar prompts (little padding), left-padded into one tensor batch,
 and the answers returned in input order. Collating already-processed Glm4v features is hand-written:
 the processor pads text but cannot merge separately processed image batches.
 """
@@ -14,19 +14,19 @@ from typing import Any
 import torch
 
 from glmlab.errors import InputError
+from glmlab.prompts import question_messages
 
 
 @dataclass
 class BatchItem:
-    """One item of a batch: its messages (or the error that stopped them) and its prepared prompt."""
+    """One item of a batch: its place in the input and its prepared prompt (or why it has none)."""
 
     index: int
-    messages: list[dict[str, Any]] | None
     prompt: Any = None
     error: str | None = None
 
 
-def item_messages(item: Any, question_messages: Any) -> list[dict[str, Any]]:
+def item_messages(item: Any) -> list[dict[str, Any]]:
     """Messages of one batch item: {"messages": [...]}, {"images", "question", "system"} or (images, question)."""
     if isinstance(item, tuple) and len(item) == 2:
         return question_messages(item[0], item[1], None)
@@ -40,14 +40,10 @@ def item_messages(item: Any, question_messages: Any) -> list[dict[str, Any]]:
 
 
 def group_for_padding(items: list[BatchItem], batch_size: int) -> list[list[BatchItem]]:
-    """Batches of prepared items with similar image grids and prompt lengths (sorted, then chunked)."""
-
-    def shape_key(item: BatchItem) -> tuple:
-        grid = item.prompt.features.get("image_grid_thw")
-        grids = tuple(map(tuple, grid.tolist())) if grid is not None else ()
-        return (len(grids), grids, item.prompt.features["input_ids"].shape[1])
-
-    ordered = sorted(items, key=shape_key)
+    """Batches of prepared items with similar prompt lengths (sorted, then chunked): only the token
+    sequences are padded (image patches are concatenated), and a prompt's length counts its image
+    tokens, so this also groups images of similar size."""
+    ordered = sorted(items, key=lambda item: item.prompt.features["input_ids"].shape[1])
     return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
 
 

@@ -318,11 +318,11 @@ class VLM:
         self, index: int, item: Any, thinking: bool | None, max_image_pixels: int | None
     ) -> batching.BatchItem:
         try:
-            messages = batching.item_messages(item, prompts.question_messages)
+            messages = batching.item_messages(item)
             prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
         except GlmlabError as error:
-            return batching.BatchItem(index, None, error=str(error))
-        return batching.BatchItem(index, messages, prompt)
+            return batching.BatchItem(index, error=str(error))
+        return batching.BatchItem(index, prompt)
 
     def _generate_batch(
         self, group: list[batching.BatchItem], settings: GenerationSettings, adapter: Any

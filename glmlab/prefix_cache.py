@@ -26,10 +26,9 @@ DEFAULT_CACHE_BYTES = 256 * 1024**2
 
 @dataclass
 class PrefixEntry:
-    """A computed prefix: its KV cache, its length in tokens and the rope offset it implies."""
+    """A computed prefix: its KV cache and the rope offset it implies."""
 
     cache: Any
-    length: int
     rope_deltas: torch.Tensor
     nbytes: int
 
@@ -114,9 +113,7 @@ def compute_prefix(model: Any, inputs: dict[str, torch.Tensor], length: int) -> 
         use_cache=True,
         logits_to_keep=1,
     )
-    return PrefixEntry(
-        cache=cache, length=length, rope_deltas=model.model.rope_deltas.clone(), nbytes=cache_nbytes(cache)
-    )
+    return PrefixEntry(cache=cache, rope_deltas=model.model.rope_deltas.clone(), nbytes=cache_nbytes(cache))
 
 
 def generate_inputs_from_prefix(
