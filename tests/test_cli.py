@@ -7,11 +7,16 @@ from glmlab.cli import app
 runner = CliRunner()
 
 
-def test_help_lists_the_verbs():
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for verb in ("ask", "demo"):
-        assert verb in result.output
+VERBS = ("ask", "demo", "train", "eval", "serve", "export")
+
+
+def test_every_verb_is_registered_and_has_help():
+    assert sorted(command.name or command.callback.__name__ for command in app.registered_commands) == sorted(
+        VERBS
+    )
+    for verb in VERBS:
+        result = runner.invoke(app, [verb, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, verb
 
 
 def test_ask_json_prints_the_whole_answer(tiny_path, tmp_path, red_image):

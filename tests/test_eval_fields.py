@@ -148,6 +148,8 @@ def test_score_fields_flattens_line_items():
     reference = {"items": [{"name": "Pen", "amount": "2.00"}]}
     result = score_fields({"items": [{"name": "pen", "amount": 2}]}, reference)
     assert sorted(result.fields) == ["items.0.amount", "items.0.name"]
+    # "pen" matches "Pen" and 2 matches "2.00" once normalised: both fields are true positives
+    assert all(counts == FieldCounts(tp=1) for counts in result.fields.values())
 
 
 def test_score_fields_text_kind_compares_amount_strings_literally():

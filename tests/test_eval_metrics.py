@@ -407,6 +407,7 @@ def test_bootstrap_ci_of_two_scores_spans_their_range():
 def test_bootstrap_ci_is_reproducible_for_a_seed():
     scores = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     assert bootstrap_ci(scores, seed=3) == bootstrap_ci(scores, seed=3)
+    assert len({bootstrap_ci(scores, seed=seed, n_resamples=50) for seed in range(10)}) > 1  # seed is used
 
 
 def test_bootstrap_ci_contains_the_mean():

@@ -103,7 +103,10 @@ def test_compare_puts_runs_side_by_side_with_delta_and_paired_pvalue(red_and_blu
     row = table.iloc[0]
     assert (row["red"], row["blue"], row["n"]) == (share("red"), share("blue"), LIMIT)
     assert row["delta blue"] == share("blue") - share("red")
-    assert 0 < row["p blue"] <= 1
+    from glmlab.eval.stats import paired_bootstrap_pvalue
+
+    red_scores, blue_scores = (run.samples.sort_values("id")["exact_match"].tolist() for run in (red, blue))
+    assert row["p blue"] == paired_bootstrap_pvalue(blue_scores, red_scores, n_resamples=2000, seed=0)
 
 
 def test_compare_pairs_on_shared_sample_ids_only(red_and_blue, scripted):  # noqa: F811

@@ -85,8 +85,9 @@ def test_torch_chw_hwc_and_comfyui_batch():
     chw = torch.zeros(3, 8, 10)
     chw[0] = 1.0
     assert to_pil(chw)[0].size == (10, 8) and to_pil(chw)[0].getpixel((0, 0)) == (255, 0, 0)
-    hwc = torch.ones(8, 10, 3) * 0.0
-    assert to_pil(hwc)[0].getpixel((0, 0)) == (0, 0, 0)
+    hwc = torch.zeros(8, 10, 3)
+    hwc[..., 2] = 1.0  # blue: a wrong axis order would give another colour or size
+    assert to_pil(hwc)[0].size == (10, 8) and to_pil(hwc)[0].getpixel((0, 0)) == (0, 0, 255)
     batch = torch.rand(2, 16, 20, 3)
     images = to_pil(batch)
     assert len(images) == 2 and images[1].size == (20, 16)

@@ -62,6 +62,7 @@ def test_explicit_dtype_is_applied(tiny_path):
     import torch
 
     with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         vlm = glmlab.load(tiny_path, dtype="bfloat16")
     assert vlm.dtype == torch.bfloat16
     assert vlm.ask(None, "hi", max_new_tokens=2, temperature=0).usage.completion_tokens == 2

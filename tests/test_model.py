@@ -24,7 +24,9 @@ def test_greedy_is_deterministic_and_seeded_sampling_reproducible(vlm, red_image
     assert vlm.ask(red_image, "Q", **GREEDY).raw == vlm.ask(red_image, "Q", **GREEDY).raw
     first = vlm.ask(red_image, "Q", max_new_tokens=8, seed=7, temperature=1.0, top_k=0, top_p=1.0)
     again = vlm.ask(red_image, "Q", max_new_tokens=8, seed=7, temperature=1.0, top_k=0, top_p=1.0)
-    assert first.raw == again.raw
+    other = vlm.ask(red_image, "Q", max_new_tokens=8, seed=8, temperature=1.0, top_k=0, top_p=1.0)
+    assert first.raw == again.raw and other.raw != first.raw  # the seed is used, and sampling is on
+    assert first.raw != vlm.ask(red_image, "Q", max_new_tokens=8, temperature=0).raw
 
 
 def test_openai_and_transformers_formats_give_the_same_prompt(vlm, red_image):
