@@ -464,3 +464,12 @@ def test_eval_scoring_modules_import_no_model_code():
                 imported.add(node.module or "")
     forbidden = {"torch", "transformers", "peft", "glmlab.model", "glmlab.loading", "glmlab.images"}
     assert {name for name in imported if name.split(".")[0] in forbidden or name in forbidden} == set()
+
+
+def test_the_headline_statistic_is_the_mean_else_micro_f1_else_the_first():
+    from glmlab.eval.scoring import headline_statistic
+
+    assert headline_statistic(["mean", "f1"]) == "mean"
+    assert headline_statistic(["precision", "recall", "f1", "tp"]) == "f1"
+    assert headline_statistic(["open_recall", "closed_accuracy"]) == "closed_accuracy"
+    assert headline_statistic(["anything"]) == "anything"

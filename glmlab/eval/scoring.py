@@ -78,16 +78,20 @@ def summarize(suite: Suite, samples: pd.DataFrame, *, n_resamples: int = 1000, s
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+HEADLINE_STATISTICS = ("mean", "f1", "closed_accuracy", "open_recall")
+
+
+def headline_statistic(names: Sequence[str]) -> str:
+    """The statistic that stands for a metric: "mean", else "f1", ..., else the first one."""
+    return next((name for name in HEADLINE_STATISTICS if name in names), names[0])
+
+
 def primary_statistic(summary: pd.DataFrame) -> pd.Series:
-    """The headline row of each metric: "mean", else "f1", else its first statistic with an interval."""
+    """The headline row of each metric (`headline_statistic`)."""
     picked = []
     for _, group in summary.groupby("metric", sort=False):
-        for name in ("mean", "f1", "closed_accuracy", "open_recall"):
-            if (group["statistic"] == name).any():
-                picked.append(group[group["statistic"] == name].iloc[0])
-                break
-        else:
-            picked.append(group.iloc[0])
+        head = headline_statistic(list(group["statistic"]))
+        picked.append(group[group["statistic"] == head].iloc[0])
     return pd.DataFrame(picked).reset_index(drop=True)
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from glmlab.eval.extract import get_extractor
 from glmlab.eval.metrics import aggregate_metric, get_metric, sample_score
+from glmlab.eval.scoring import headline_statistic
 from glmlab.lora.collator import LoraCollator
 from glmlab.lora.recipe import LoraRecipe
 
@@ -36,7 +37,8 @@ class AnswerEvaluator:
         self.last_answers: pd.DataFrame | None = None
 
     def run(self, prefix: str = "eval") -> dict[str, float]:
-        """`{prefix}_{metric}` (the mean sample score) and the other aggregate numbers of the metric.
+        """`{prefix}_{metric}` (the metric's headline number, as `glmlab eval` reports it: the mean
+        sample score, or field_f1's micro F1) and the metric's other aggregate numbers.
 
         The network is put in eval mode for generation and restored afterwards (training resumes
         in train mode with dropout on).
@@ -51,14 +53,10 @@ class AnswerEvaluator:
             network.train(was_training)
         summary = aggregate_metric(self.recipe.eval_metric, [row.pop("_result") for row in rows])
         self.last_answers = pd.DataFrame(rows)
-        metrics = {f"{prefix}_{self.recipe.eval_metric}": float(self.last_answers["score"].mean())}
-        metrics.update(
-            {
-                f"{prefix}_{self.recipe.eval_metric}_{key}": float(value)
-                for key, value in summary.items()
-                if key != "mean"
-            }
-        )
+        head = headline_statistic(list(summary))  # the number `glmlab eval` headlines for this metric
+        name = f"{prefix}_{self.recipe.eval_metric}"
+        metrics = {name: float(summary[head])}
+        metrics.update({f"{name}_{key}": float(value) for key, value in summary.items() if key != head})
         metrics[f"{prefix}_runtime_s"] = round(time.perf_counter() - start, 3)
         return metrics
 
