@@ -1,11 +1,11 @@
 """Scoring the adapter while it trains: greedy answers on held-out records, one glmlab.eval metric.
 
-The answers come from `VLM.chat`, the inference path itself, on the model being trained (peft injects
-the LoRA layers into that same network), so the number in the training log is what a user will see
-from `glmlab.load(base, adapter=...)`. Decoding is plain greedy (temperature 0, no repetition penalty)
-so the score measures what was learned, not a sampling setting. The prefix KV cache is off: the
-weights change between evaluations, and a cached prefix would be from older weights. Kept cheap: a
-small held-out split and short answers (`eval_samples`, `eval_max_new_tokens`).
+The answers come from `VLM.batch`, the inference path itself (greedy batches answer exactly like
+one-by-one calls), on the model being trained (peft injects the LoRA layers into that same network),
+so the number in the training log is what a user will see from `glmlab.load(base, adapter=...)`.
+Decoding is plain greedy (temperature 0, no repetition penalty) so the score measures what was
+learned, not a sampling setting. Kept cheap: a small held-out split and short answers
+(`eval_samples`, `eval_max_new_tokens`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from glmlab.errors import InputError
 from glmlab.eval.extract import get_extractor
 from glmlab.eval.metrics import aggregate_metric, get_metric, sample_score
 from glmlab.eval.scoring import headline_statistic
@@ -22,6 +23,7 @@ from glmlab.lora.collator import LoraCollator
 from glmlab.lora.recipe import LoraRecipe
 
 GREEDY = {"temperature": 0, "repetition_penalty": 1.0}
+EVAL_BATCH_SIZE = 8
 
 
 class AnswerEvaluator:
@@ -48,7 +50,7 @@ class AnswerEvaluator:
         network.eval()
         start = time.perf_counter()
         try:
-            rows = [self._score(record) for record in self.records]
+            rows = self._score_all()
         finally:
             network.train(was_training)
         summary = aggregate_metric(self.recipe.eval_metric, [row.pop("_result") for row in rows])
@@ -60,21 +62,28 @@ class AnswerEvaluator:
         metrics[f"{prefix}_runtime_s"] = round(time.perf_counter() - start, 3)
         return metrics
 
-    def _score(self, record: dict[str, Any]) -> dict[str, Any]:
-        messages, reference = self.collator.prompt_messages(record)
-        answer = self.vlm.chat(
-            messages,
+    def _score_all(self) -> list[dict[str, Any]]:
+        prompts = [self.collator.prompt_messages(record) for record in self.records]
+        answers = self.vlm.batch(
+            [{"messages": messages} for messages, _ in prompts],
+            batch_size=EVAL_BATCH_SIZE,
             thinking=self.recipe.thinking,
             max_image_pixels=self.recipe.max_image_pixels,
             max_new_tokens=self.recipe.eval_max_new_tokens,
-            cache=False,
             **GREEDY,
         )
-        result = self.metric(self.extract(answer.text), [reference])
-        return {
-            "id": record.get("id"),
-            "reference": reference,
-            "answer": answer.text,
-            "score": sample_score(result),
-            "_result": result,
-        }
+        rows = []
+        for record, (_, reference), answer in zip(self.records, prompts, answers, strict=True):
+            if answer.error is not None:  # a held-out record the model cannot take is a data problem
+                raise InputError(f"held-out record {record.get('id')!r}: {answer.error}")
+            result = self.metric(self.extract(answer.text), [reference])
+            rows.append(
+                {
+                    "id": record.get("id"),
+                    "reference": reference,
+                    "answer": answer.text,
+                    "score": sample_score(result),
+                    "_result": result,
+                }
+            )
+        return rows
