@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from glmlab.errors import ConfigError, GlmlabError, InputError
+from glmlab.eval.extract import final_text
 from glmlab.eval.latency import MemoryProbe, sample_timing
 from glmlab.eval.run import (
     CONFIG_FILE,
@@ -40,7 +41,7 @@ from glmlab.eval.run import (
     write_json,
 )
 from glmlab.eval.samples import EvalSample, SampleSet, load_samples
-from glmlab.eval.scoring import answer_text, score_answer
+from glmlab.eval.scoring import score_answer
 from glmlab.eval.suite import Suite
 
 logger = logging.getLogger(__name__)
@@ -335,7 +336,7 @@ def _row(
         "references": sample.references,
         "options": sample.options,
         "raw": raw,
-        "prediction": answer_text(raw),
+        "prediction": final_text(raw),
         "thinking": answer.thinking,
         "extracted": extracted,
         **scores,

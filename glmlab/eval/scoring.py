@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from glmlab.eval.extract import final_text, get_extractor
+from glmlab.eval.extract import get_extractor
 from glmlab.eval.metrics import AGGREGATORS, aggregate_metric, get_metric, sample_score
 from glmlab.eval.stats import bootstrap_ci
 from glmlab.eval.suite import Suite
@@ -66,7 +66,7 @@ def summarize(suite: Suite, samples: pd.DataFrame, *, n_resamples: int = 1000, s
     rows: list[dict[str, Any]] = []
     if samples.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    by_metric = _results_by_metric(suite, samples)
+    by_metric = rescore(suite, samples)
     for metric in suite.metrics:
         results = by_metric[metric.name]
         if metric.name in AGGREGATORS:
@@ -116,19 +116,7 @@ def bootstrap_statistics(
 
 
 def rescore(suite: Suite, samples: pd.DataFrame) -> dict[str, list[Any]]:
-    """Each metric's results for every row of `samples`, in row order."""
-    return _results_by_metric(suite, samples)
-
-
-def answer_text(raw: str) -> str:
-    """The final answer of a raw generation (what the prediction column shows)."""
-    return final_text(raw)
-
-
-# ---- internals ----------------------------------------------------------------------------------
-
-
-def _results_by_metric(suite: Suite, samples: pd.DataFrame) -> dict[str, list[Any]]:
+    """Each metric's results for every row of `samples`, in row order (from raw answers, never stored scores)."""
     by_metric: dict[str, list[Any]] = {metric.name: [] for metric in suite.metrics}
     for raw, references, options in zip(
         samples["raw"], samples["references"], samples["options"], strict=True
