@@ -19,8 +19,8 @@ import pandas as pd
 from glmlab.errors import InputError
 from glmlab.eval.metrics import AGGREGATORS, aggregate_metric, sample_score
 from glmlab.eval.run import EvalRun
-from glmlab.eval.scoring import rescore
-from glmlab.eval.stats import paired_bootstrap_pvalue
+from glmlab.eval.scoring import bootstrap_statistics, rescore
+from glmlab.eval.stats import paired_bootstrap_pvalue, shifted_pvalue
 
 logger = logging.getLogger(__name__)
 
@@ -120,19 +120,17 @@ def _pvalues(name: str, base: list[Any], other: list[Any], n_resamples: int, see
         return {"mean": paired_bootstrap_pvalue(*scores, n_resamples=n_resamples, seed=seed)}
     aggregate = AGGREGATORS[name]
     observed_base, observed_other = aggregate(base), aggregate(other)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_resamples):
-        indices = rng.integers(0, len(base), size=len(base))
-        first, second = aggregate([base[i] for i in indices]), aggregate([other[i] for i in indices])
-        for key in first.keys() & second.keys():
-            draws.setdefault(key, []).append(second[key] - first[key])
+    # The same seed and length draw the same sample indices for both runs: the resamples are paired.
+    base_draws = bootstrap_statistics(base, aggregate, n_resamples=n_resamples, seed=seed)
+    other_draws = bootstrap_statistics(other, aggregate, n_resamples=n_resamples, seed=seed)
     pvalues = {}
     for key, base_value in observed_base.items():
-        if isinstance(base_value, int) or key not in observed_other or key not in draws:
+        if (
+            isinstance(base_value, int)
+            or key not in observed_other
+            or key not in base_draws.keys() & other_draws
+        ):
             continue  # a count is not an estimate; a statistic one run lacks has no test
         observed = observed_other[key] - base_value
-        differences = np.asarray(draws[key])
-        extreme = np.count_nonzero(np.abs(differences - observed) >= abs(observed))
-        pvalues[key] = float((1 + extreme) / (differences.size + 1))
+        pvalues[key] = shifted_pvalue(other_draws[key] - base_draws[key], observed)
     return pvalues

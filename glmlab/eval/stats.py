@@ -67,8 +67,17 @@ def paired_bootstrap_pvalue(
     differences = first - second
     observed = differences.mean()
     means = _resampled_means(differences, n_resamples, np.random.default_rng(seed))
-    extreme = np.count_nonzero(np.abs(means - observed) >= abs(observed))
-    return float((1 + extreme) / (n_resamples + 1))
+    return shifted_pvalue(means, observed)
+
+
+def shifted_pvalue(draws: Sequence[float], observed: float) -> float:
+    """Two-sided bootstrap p-value of an observed difference from its resampled values: the share
+    lying at least as far from `observed` as `observed` lies from 0, +1 corrected (never exactly 0).
+    Undefined draws (NaN: a statistic a resample lacked) are left out."""
+    values = np.asarray(draws, dtype=float)
+    values = values[np.isfinite(values)]
+    extreme = np.count_nonzero(np.abs(values - observed) >= abs(observed))
+    return float((1 + extreme) / (values.size + 1))
 
 
 def _resampled_means(scores: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
