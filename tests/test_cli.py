@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from glmlab.cli import app
@@ -81,3 +82,15 @@ def test_demo_runs_its_first_stages(tiny_path, tmp_path):
     assert result.exit_code == 0, result.output
     assert "[1/3] load" in result.output and "image_tokens" in result.output and "streamed:" in result.output
     assert "demo finished" in result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "item"),
+    [
+        (["train", "shapes", "--set", "rank"], "rank"),
+        (["eval", "eval/shapes.yaml", "--set", "data.n", "--check"], "data.n"),
+    ],
+)
+def test_a_set_override_without_a_value_is_refused_naming_it(command, item):
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and f"--set {item!r}: expected KEY=VALUE" in result.output

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from glmlab.errors import GlmlabError
+from glmlab.errors import ConfigError, GlmlabError
 
 
 @contextlib.contextmanager
@@ -26,3 +26,17 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def parse_overrides(items: list[str], example: str) -> dict[str, object]:
+    """`--set` values: `["data.n=100", "prompt.thinking=null"]` -> {"data.n": 100, "prompt.thinking": None}
+    (values are read as YAML)."""
+    import yaml
+
+    parsed = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set {example}.")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed

@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from glmlab.cli import app
-from glmlab.cli.common import clear_errors, quiet_transformers
+from glmlab.cli.common import clear_errors, parse_overrides, quiet_transformers
 from glmlab.loading import DEFAULT_MODEL
 
 # Flags that are not evaluate() arguments: they pick the model, shape the suite or the output.
@@ -47,7 +47,7 @@ def eval_command(
     quiet_transformers()
     with clear_errors(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = Suite.from_yaml(suite, overrides=parse_overrides(overrides or []))
+        loaded = Suite.from_yaml(suite, overrides=parse_overrides(overrides or [], "data.n=100"))
         loaded.check_data()
         if check:
             typer.echo(f"{suite}: valid suite {loaded.name!r} ({', '.join(m.name for m in loaded.metrics)})")
@@ -75,21 +75,6 @@ def _evaluate(suite, target, limit, batch_size, concurrency, run_dir, resume):
         run_dir=run_dir,
         resume=resume,
     )
-
-
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """`["data.n=100", "prompt.thinking=null"]` -> {"data.n": 100, "prompt.thinking": None} (values are YAML)."""
-    import yaml
-
-    from glmlab.errors import ConfigError
-
-    parsed = {}
-    for item in items:
-        key, separator, value = item.partition("=")
-        if not separator or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set data.n=100.")
-        parsed[key.strip()] = yaml.safe_load(value)
-    return parsed
 
 
 def default_run_dir(suite: str, model: str, adapter: Path | None) -> Path:

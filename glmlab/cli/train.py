@@ -10,11 +10,9 @@ import warnings
 from pathlib import Path
 
 import typer
-import yaml
 
 from glmlab.cli import app
-from glmlab.cli.common import clear_errors
-from glmlab.errors import ConfigError
+from glmlab.cli.common import clear_errors, parse_overrides
 
 
 @app.command()
@@ -39,7 +37,7 @@ def train(
     with clear_errors(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)
         loaded = load_recipe(recipe)
-        changes = parse_overrides(overrides or [])
+        changes = parse_overrides(overrides or [], "rank=32")
         if model is not None:
             changes["base_model"] = model
         if max_steps is not None:
@@ -49,17 +47,6 @@ def train(
         typer.echo(f"training {loaded.name} on {loaded.base_model} -> {folder}")
         result = run_training(loaded, folder, resume=resume)
     typer.echo(summary(result))
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """`["rank=32", "thinking=true"]` -> {"rank": 32, "thinking": True} (values parsed as YAML)."""
-    changes = {}
-    for item in items:
-        name, separator, value = item.partition("=")
-        if not separator or not name.strip():
-            raise ConfigError(f"--set {item!r}: expected field=value, e.g. --set rank=32.")
-        changes[name.strip()] = yaml.safe_load(value)
-    return changes
 
 
 def summary(result) -> str:
