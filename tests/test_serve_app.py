@@ -19,6 +19,7 @@ from test_serve_support import (  # noqa: F401 (fixtures)
     served_vlm_fixture,
 )
 
+from glmlab.answer import Answer
 from glmlab.errors import ModelLoadError
 from glmlab.serve import ServerSettings, create_app
 from glmlab.serve.schemas import ThinkingRouter, completion_body
@@ -120,6 +121,30 @@ def test_thinking_router_routes_streamed_pieces_and_tags_split_across_pieces():
         ("content", " circle"),
         ("content", "<"),
     ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<think>\nlooks red\n</think>\nRed circle",  # GLM-4.6V
+        "<think>short</think><answer>Red</answer>",  # GLM-4.1V's answer wrapper
+        "<think>no answer yet",  # cut off while thinking
+        "plain answer",
+        "<answer>A</answer> trailing text",
+    ],
+)
+def test_streamed_deltas_add_up_to_the_non_streamed_message(raw):
+    message = completion_body("id", "tiny", Answer.from_raw(raw))["choices"][0]["message"]
+    for size in (1, 3, 7):  # tags split across pieces at every position
+        router = ThinkingRouter()
+        pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
+        routed = [item for piece in pieces for item in router.feed(piece)] + router.flush()
+        joined = {
+            field: "".join(text for name, text in routed if name == field)
+            for field in ("content", "reasoning_content")
+        }
+        assert joined["content"].strip() == message["content"]
+        assert (joined["reasoning_content"].strip() or None) == message["reasoning_content"]
 
 
 def test_bad_json_is_400_in_openai_shape(client):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from glmlab.answer import THINK_CLOSE, THINK_OPEN, Answer, split_thinking
+from glmlab.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Answer, split_thinking
 from glmlab.errors import InputError
 from glmlab.images import to_pil
 
@@ -219,36 +219,42 @@ def models_body(base: str, adapters: list[str], created: int) -> dict[str, Any]:
 class ThinkingRouter:
     """Routes streamed text to `reasoning_content` inside <think>..</think> and to `content` outside.
 
-    A tag split across two pieces is held back until it is whole. Mirrors `split_thinking` for a
-    stream, as vLLM's glm45 reasoning parser does: text is content until a `<think>` appears.
+    A tag split across two pieces is held back until it is whole. Follows `split_thinking` for a
+    stream, as vLLM's glm45 reasoning parser does: text is content until a `<think>` appears, and
+    GLM-4.1V's `<answer>..</answer>` wrapper is dropped (nothing after `</answer>` is sent). Hand-written:
+    the split must happen piece by piece, which `split_thinking` (whole text) cannot.
     """
 
+    # state -> {tag: next state}; a tag itself is never sent
+    MOVES = {
+        "content": {THINK_OPEN: "reasoning_content", ANSWER_OPEN: "content", ANSWER_CLOSE: "done"},
+        "reasoning_content": {THINK_CLOSE: "content"},
+        "done": {},
+    }
+
     def __init__(self) -> None:
-        self.inside = False
+        self.field = "content"
         self._pending = ""
 
     def feed(self, piece: str) -> list[tuple[str, str]]:
         """(field, text) pairs for one streamed piece; field is "content" or "reasoning_content"."""
         text, self._pending, routed = self._pending + piece, "", []
-        while text:
-            tag = THINK_CLOSE if self.inside else THINK_OPEN
-            index = text.find(tag)
-            if index < 0:
-                keep = _partial_tag_length(text, tag)
+        while text and self.field != "done":
+            moves = self.MOVES[self.field]
+            found = [(text.find(tag), tag) for tag in moves if tag in text]
+            if not found:
+                keep = max((_partial_tag_length(text, tag) for tag in moves), default=0)
                 routed.append((self.field, text[: len(text) - keep]))
                 self._pending = text[len(text) - keep :]
                 break
+            index, tag = min(found)
             routed.append((self.field, text[:index]))
-            text, self.inside = text[index + len(tag) :], not self.inside
+            text, self.field = text[index + len(tag) :], moves[tag]
         return [(name, value) for name, value in routed if value]
 
     def flush(self) -> list[tuple[str, str]]:
         text, self._pending = self._pending, ""
-        return [(self.field, text)] if text else []
-
-    @property
-    def field(self) -> str:
-        return "reasoning_content" if self.inside else "content"
+        return [(self.field, text)] if text and self.field != "done" else []
 
 
 def _partial_tag_length(text: str, tag: str) -> int:
