@@ -197,3 +197,9 @@ def test_cli_export_for_vllm_prints_the_serve_line(adapters, tmp_path):
     assert (
         CliRunner().invoke(app, ["export", str(adapters["alpha"])]).exit_code == 2
     )  # neither --format nor --to
+
+
+def test_a_bad_adapter_name_is_refused_before_anything_is_written(adapters, tmp_path):
+    with pytest.raises(ConfigError, match="adapter name 'my adapter'"):
+        export_vllm(adapters["alpha"], tmp_path / "my adapter")
+    assert not (tmp_path / "my adapter").exists()

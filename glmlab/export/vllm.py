@@ -24,6 +24,7 @@ from glmlab.export.adapters import (
     module_name,
     text_target_regex,
 )
+from glmlab.serve.settings import check_adapter_name
 
 logger = logging.getLogger(__name__)
 MANIFEST = "glmlab_export.json"
@@ -78,8 +79,9 @@ def export_vllm(
         message = f"{info.path}: dropping vision-tower modules vLLM would ignore: {listed}."
         warnings.warn(message, UserWarning, stacklevel=2)
         logger.warning(message)
+    name = name or Path(out).expanduser().name
+    check_adapter_name(name)  # before anything is written: the name goes into the serve line
     out = prepare_output(out, overwrite, info.path)
-    name = name or out.name
     kept = set(modules.text)
     tensors = load_file(str(info.path / "adapter_model.safetensors"))
     save_file(

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from glmlab.errors import ConfigError
 from glmlab.images import DEFAULT_MAX_INPUT_PIXELS
-from glmlab.loading import DEFAULT_MODEL
+from glmlab.loading import DEFAULT_MODEL, DTYPES, QUANTIZE
 
-# glmlab.loading's choices, named here so the server checks them at start without importing torch.
-DTYPE_NAMES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZE_NAMES = ("8bit", "4bit")
+DTYPE_NAMES = ("auto", *DTYPES)  # glmlab.loading's choices, checked when the server starts
+QUANTIZE_NAMES = QUANTIZE
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "GLMLAB_API_KEY"

@@ -33,6 +33,9 @@ INSTALL_HINT = (
     "command without running it."
 )
 
+# glmlab server limits with no `vllm serve` counterpart (vLLM has its own defaults for these)
+VLLM_IGNORES = ("allow_urls", "max_input_pixels", "max_request_bytes", "max_concurrency", "timeout_s")
+
 
 @dataclass
 class VllmCommand:
@@ -83,6 +86,13 @@ def vllm_command(settings: ServerSettings, extra_args: Sequence[str] = ()) -> Vl
             f"quantize={settings.quantize!r}: vLLM quantizes on the fly to 4bit (bitsandbytes) only; "
             "use quantize='4bit' or a pre-quantized (FP8) checkpoint."
         )
+    ignored = [
+        name
+        for name in VLLM_IGNORES
+        if getattr(settings, name) != getattr(ServerSettings(model=settings.model), name)
+    ]
+    if ignored:
+        logger.warning("vLLM does not enforce glmlab's %s: these settings are ignored", ", ".join(ignored))
     env = {}
     if settings.api_key:
         env["VLLM_API_KEY"] = settings.api_key  # not on the command line, where `ps` would show it
