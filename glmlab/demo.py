@@ -1,7 +1,7 @@
 """The main job, `glmlab demo`: glmlab end to end on one model, as a list of stages.
 
 Each stage takes the shared `DemoContext`, does one thing a researcher would do, and prints what to
-look at. Later capabilities (training, evaluation, export, serving) add their stages to `STAGES`.
+look at. `STAGES` (at the end) lists them in order.
 """
 
 from __future__ import annotations
@@ -126,20 +126,9 @@ def stage_eval(ctx: DemoContext) -> None:
 
 
 def trained_adapter(ctx: DemoContext) -> Path | None:
-    """The adapter folder the train stage stored in ctx.results (a path, or a result naming one)."""
-    found = ctx.results.get("train", ctx.results.get("adapter"))
-    for candidate in (found, *(getattr(found, key, None) for key in ("adapter_dir", "adapter_path", "path"))):
-        if isinstance(candidate, str | Path) and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
-
-
-STAGES: list[Stage] = [
-    Stage("load", "load the model (tiny: built offline, random weights)", stage_load),
-    Stage("ask", "ask questions about a generated image; a table of answers and timings", stage_ask),
-    Stage("stream", "stream one answer as it is generated", stage_stream),
-]
-STAGES.append(Stage("eval", "score the shapes suite before/after LoRA training, side by side", stage_eval))
+    """The adapter folder the train stage wrote, if it ran."""
+    result = ctx.results.get("train")
+    return None if result is None else Path(result.adapter_dir)
 
 
 TRAIN_OVERRIDES = {"eval_samples": 24}  # lora/shapes.yaml as shipped, fewer held-out images: ~1 minute on CPU
@@ -172,12 +161,6 @@ def stage_train(ctx: DemoContext) -> None:
         f"held-out colour accuracy {before:.2f} -> {after:.2f} after {result.global_step} steps "
         f"({result.train_runtime_s:.0f} s); adapter and loss.png in {result.adapter_dir}"
     )
-
-
-STAGES.insert(
-    [stage.name for stage in STAGES].index("eval"),
-    Stage("train", "LoRA-train lora/shapes.yaml: the loss falls, held-out accuracy rises", stage_train),
-)
 
 
 def run(
@@ -278,7 +261,12 @@ def stage_client(ctx: DemoContext) -> None:
             ctx.vlm.unload_adapter("demo")
 
 
-STAGES += [
+STAGES: list[Stage] = [
+    Stage("load", "load the model (tiny: built offline, random weights)", stage_load),
+    Stage("ask", "ask questions about a generated image; a table of answers and timings", stage_ask),
+    Stage("stream", "stream one answer as it is generated", stage_stream),
+    Stage("train", "LoRA-train lora/shapes.yaml: the loss falls, held-out accuracy rises", stage_train),
+    Stage("eval", "score the shapes suite before/after LoRA training, side by side", stage_eval),
     Stage("export", "export the trained LoRA adapter for vLLM (checks, manifest, serve line)", stage_export),
     Stage("serve", "serve the model and adapter with glmlab's OpenAI-compatible server", stage_serve),
     Stage("client", "ask the server through the official openai client and glmlab.Client", stage_client),

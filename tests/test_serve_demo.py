@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from test_serve_support import adapters_fixture, served_vlm_fixture  # noqa: F401 (fixtures)
 
 from glmlab import demo
@@ -14,7 +16,7 @@ def test_demo_exports_serves_and_asks_through_the_openai_client(served_vlm, adap
         work_dir=tmp_path,
         echo=lines.append,
         vlm=served_vlm,
-        results={"adapter": adapters["seeing"]},
+        results={"train": SimpleNamespace(adapter_dir=adapters["seeing"])},  # what the train stage leaves
     )
     for name in ("export", "serve", "client"):
         next(stage for stage in demo.STAGES if stage.name == name).run(ctx)
