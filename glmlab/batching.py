@@ -49,22 +49,39 @@ def group_for_padding(items: list[BatchItem], batch_size: int) -> list[list[Batc
 
 def collate_left_padded(features: list[Any], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Stack single-prompt processor outputs into one left-padded batch."""
-    length = max(feature["input_ids"].shape[1] for feature in features)
-    batch: dict[str, list[torch.Tensor]] = {"input_ids": [], "attention_mask": [], "mm_token_type_ids": []}
-    for feature in features:
-        pad = length - feature["input_ids"].shape[1]
-        batch["input_ids"].append(_left_pad(feature["input_ids"], pad, pad_token_id))
-        batch["attention_mask"].append(_left_pad(feature["attention_mask"], pad, 0))
-        batch["mm_token_type_ids"].append(_left_pad(feature["mm_token_type_ids"], pad, 0))
-    collated = {key: torch.cat(values) for key, values in batch.items()}
-    with_images = [feature for feature in features if "pixel_values" in feature]
-    if with_images:
-        collated["pixel_values"] = torch.cat([feature["pixel_values"] for feature in with_images])
-        collated["image_grid_thw"] = torch.cat([feature["image_grid_thw"] for feature in with_images])
-    return collated
+    rows = [{key: feature[key][0] for key in ("input_ids", "mm_token_type_ids")} for feature in features]
+    batch = pad_rows(rows, {"input_ids": pad_token_id, "mm_token_type_ids": 0}, side="left")
+    return batch | concat_images(
+        [(feature.get("pixel_values"), feature.get("image_grid_thw")) for feature in features]
+    )
 
 
-def _left_pad(tensor: torch.Tensor, pad: int, value: int) -> torch.Tensor:
-    if pad == 0:
-        return tensor
-    return torch.cat([torch.full((tensor.shape[0], pad), value, dtype=tensor.dtype), tensor], dim=1)
+def pad_rows(
+    rows: list[dict[str, torch.Tensor]], pad_values: dict[str, int], side: str
+) -> dict[str, torch.Tensor]:
+    """1-D sequences (one dict per sample, the keys of `pad_values`) as [batch, longest] tensors padded
+    on `side`, with their attention_mask. Shared by inference batches (left) and training batches."""
+    length = max(len(row["input_ids"]) for row in rows)
+    batch = {
+        key: torch.full((len(rows), length), value, dtype=torch.long) for key, value in pad_values.items()
+    }
+    batch["attention_mask"] = torch.zeros((len(rows), length), dtype=torch.long)
+    for index, row in enumerate(rows):
+        size = len(row["input_ids"])
+        span = slice(0, size) if side == "right" else slice(length - size, length)
+        for key in pad_values:
+            batch[key][index, span] = row[key]
+        batch["attention_mask"][index, span] = 1
+    return batch
+
+
+def concat_images(images: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+    """pixel_values and image_grid_thw of samples, concatenated in sample order (the vision tower
+    takes every image's patches as one sequence); {} when no sample has an image."""
+    present = [(pixels, grid) for pixels, grid in images if pixels is not None]
+    if not present:
+        return {}
+    return {
+        "pixel_values": torch.cat([pixels for pixels, _ in present]),
+        "image_grid_thw": torch.cat([grid for _, grid in present]),
+    }

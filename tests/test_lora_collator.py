@@ -113,9 +113,10 @@ def test_collator_shapes_with_several_images_and_padding(vlm, records, padding_s
     )
 
 
-def test_padded_batch_gives_each_sample_its_unpadded_loss(vlm, records):
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_batch_gives_each_sample_its_unpadded_loss(vlm, records, side):
     """Padding and batching must not change what a sample contributes (positions, masks, mRoPE)."""
-    collator = make_collator(vlm, padding_side="left")
+    collator = make_collator(vlm, padding_side=side)
 
     def answer_logits(batch, row):
         with torch.no_grad():

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from glmlab import prompts
+from glmlab.batching import concat_images, pad_rows
 from glmlab.data import to_messages
 from glmlab.errors import InputError
 
@@ -135,8 +136,7 @@ class LoraCollator:
             self.text_tokenizer(target_text, add_special_tokens=False)["input_ids"] + [self.eos_token_id],
             dtype=prompt_ids.dtype,
         )
-        type_ids = features.get("mm_token_type_ids")
-        type_ids = type_ids[0] if type_ids is not None else torch.zeros_like(prompt_ids)
+        type_ids = features["mm_token_type_ids"][0]
         return EncodedSample(
             input_ids=torch.cat([prompt_ids, target_ids]),
             labels=torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), target_ids]),
@@ -154,22 +154,10 @@ class LoraCollator:
 
     def collate(self, samples: list[EncodedSample]) -> dict[str, torch.Tensor]:
         """Pad samples to one length (right or left); images are concatenated in sample order."""
-        length = max(len(sample.input_ids) for sample in samples)
-        batch = {
-            "input_ids": torch.full((len(samples), length), self.pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(samples), length), dtype=torch.long),
-            "labels": torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long),
-            "mm_token_type_ids": torch.zeros((len(samples), length), dtype=torch.long),
-        }
-        for row, sample in enumerate(samples):
-            size = len(sample.input_ids)
-            span = slice(0, size) if self.padding_side == "right" else slice(length - size, length)
-            batch["input_ids"][row, span] = sample.input_ids
-            batch["attention_mask"][row, span] = 1
-            batch["labels"][row, span] = sample.labels
-            batch["mm_token_type_ids"][row, span] = sample.mm_token_type_ids
-        with_images = [sample for sample in samples if sample.pixel_values is not None]
-        if with_images:
-            batch["pixel_values"] = torch.cat([sample.pixel_values for sample in with_images])
-            batch["image_grid_thw"] = torch.cat([sample.image_grid_thw for sample in with_images])
-        return batch
+        rows = [
+            {"input_ids": s.input_ids, "labels": s.labels, "mm_token_type_ids": s.mm_token_type_ids}
+            for s in samples
+        ]
+        pad = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "mm_token_type_ids": 0}
+        batch = pad_rows(rows, pad, side=self.padding_side)
+        return batch | concat_images([(s.pixel_values, s.image_grid_thw) for s in samples])
