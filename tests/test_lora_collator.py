@@ -143,3 +143,24 @@ def test_target_modules_adapt_text_gate_up_but_no_vision_by_default(tiny_path):
         _with_adapter(glmlab.load(str(tiny_path)), LoraRecipe(generator="shapes", adapt_vision="merger"))
     )
     assert sum(".visual.merger." in name for name in merger) == 4
+
+
+def test_the_trainer_loss_is_the_models_own_and_accumulation_adds_up_to_one_big_batch(vlm, records, tmp_path):
+    """LoraTrainer.compute_loss (logits at answer positions only) against transformers' full loss."""
+    from transformers import TrainingArguments
+
+    from glmlab.lora.training import LoraTrainer
+
+    trainer = LoraTrainer(model=vlm.model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none"))
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
+    collator = make_collator(vlm)
+    whole = collator(list(records))
+    with torch.no_grad():
+        expected = vlm.model(**whole).loss  # mean over every labelled token of the batch
+        assert torch.allclose(trainer.compute_loss(vlm.model, whole), expected, atol=1e-5)
+        micro = [collator([records[0], records[1]]), collator([records[2]])]
+        labelled = sum(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in micro)
+        accumulated = sum(
+            trainer.compute_loss(vlm.model, batch, num_items_in_batch=labelled) for batch in micro
+        )
+    assert torch.allclose(accumulated, expected, atol=1e-5)
