@@ -109,11 +109,15 @@ def test_compare_puts_runs_side_by_side_with_delta_and_paired_pvalue(red_and_blu
     assert row["p blue"] == paired_bootstrap_pvalue(blue_scores, red_scores, n_resamples=2000, seed=0)
 
 
-def test_compare_pairs_on_shared_sample_ids_only(red_and_blue, scripted):  # noqa: F811
+def test_compare_pairs_on_shared_sample_ids_only(red_and_blue, scripted, caplog):  # noqa: F811
     red, _ = red_and_blue
     script(scripted, "red")
     shorter = evaluate(shapes_suite(), scripted, limit=6, name="red again", **QUIET)
     row = compare([red, shorter]).iloc[0]
+    assert "read different data" not in caplog.text
+    other_images = evaluate(shapes_suite(**{"data.options.size": 84}), scripted, limit=6, **QUIET)
+    compare([red, other_images])
+    assert "read different data" in caplog.text
     assert (row["n"], row["red"], row["red again"], row["delta red again"], row["p red again"]) == (
         6,
         share("red", 6),

@@ -9,6 +9,7 @@ paired samples together (written here: `glmlab.eval.stats` tests means only).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +78,9 @@ def paired_runs(
             f"compare: the runs are of different suites {sorted(suites)}; compare runs of one suite."
         )
     labels = run_labels(runs, names)
+    data = {json.dumps(run.suite.to_dict().get("data"), sort_keys=True, default=str) for run in runs}
+    if len(data) > 1:  # same ids may then name different images (e.g. --set data.options.size=128)
+        logger.warning("compare: the runs' suites read different data; paired ids may not be the same samples")
     common = set(runs[0].samples["id"])
     for run in runs[1:]:
         common &= set(run.samples["id"])
