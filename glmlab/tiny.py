@@ -90,12 +90,10 @@ def build(
     config = make_config(text=text, vision=vision)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    model.generation_config = GenerationConfig(
-        do_sample=True,
-        temperature=0.8,
-        top_p=0.6,
-        top_k=2,
-        repetition_penalty=1.1,
+    from glmlab.generation import RECOMMENDED_SAMPLING
+
+    model.generation_config = GenerationConfig(  # as GLM-4.6V-Flash's generation_config.json
+        **RECOMMENDED_SAMPLING,
         eos_token_id=EOS_TOKEN_IDS,
         pad_token_id=PAD_TOKEN_ID,
         max_new_tokens=64,
@@ -248,9 +246,12 @@ def ensure(home: str | Path, seed: int = 0) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
         build(staging, seed=seed)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:  # the folder exists: another process finished first (keep its identical
+            if not (target / "model.safetensors").exists():  # files), or a broken leftover: replace it
+                shutil.rmtree(target)
+                staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -80,7 +80,9 @@ def paired_runs(
     labels = run_labels(runs, names)
     data = {json.dumps(run.suite.to_dict().get("data"), sort_keys=True, default=str) for run in runs}
     if len(data) > 1:  # same ids may then name different images (e.g. --set data.options.size=128)
-        logger.warning("compare: the runs' suites read different data; paired ids may not be the same samples")
+        logger.warning(
+            "compare: the runs' suites read different data; paired ids may not be the same samples"
+        )
     common = set(runs[0].samples["id"])
     for run in runs[1:]:
         common &= set(run.samples["id"])
