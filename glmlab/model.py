@@ -20,7 +20,7 @@ import torch
 
 from glmlab import batching, prompts
 from glmlab.answer import Answer, Timing, Usage
-from glmlab.errors import AdapterError, GlmlabError, InputError
+from glmlab.errors import AdapterError, GlmlabError, InputError, ModelLoadError
 from glmlab.generation import (
     STRUCTURAL_TOKENS,
     GenerationSettings,
@@ -541,5 +541,5 @@ def _eos_ids(model: Any) -> set[int]:
         elif source:
             ids.update(source)
     if not ids:
-        raise InputError("the checkpoint defines no eos_token_id; set it in generation_config.json.")
+        raise ModelLoadError("the checkpoint defines no eos_token_id; set it in generation_config.json.")
     return ids
