@@ -22,6 +22,18 @@ def test_load_from_a_plain_folder(tiny_path, tmp_path):
     assert type(vlm.processor).__name__ == "Glm46VProcessor"
 
 
+def test_a_checkpoint_without_eos_ids_is_a_load_error(tiny_path, tmp_path):
+    import json
+
+    folder = shutil.copytree(tiny_path, tmp_path / "no-eos")
+    for name, section in (("config.json", "text_config"), ("generation_config.json", None)):
+        data = json.loads((folder / name).read_text())
+        (data[section] if section else data).pop("eos_token_id")
+        (folder / name).write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="defines no eos_token_id"):
+        glmlab.load(folder)
+
+
 def test_offline_hub_id_gives_a_clear_error():
     with pytest.raises(ModelLoadError) as caught:
         glmlab.load("zai-org/GLM-4.6V-Flash")
