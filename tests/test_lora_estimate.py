@@ -71,3 +71,15 @@ def test_readme_table_is_the_computed_one():
     text = README.read_text(encoding="utf-8")
     shown = re.search(r"<!-- estimates:start -->\n(.*?)\n<!-- estimates:end -->", text, re.DOTALL).group(1)
     assert shown == markdown_table(estimate_rows(CONFIG))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "budget"), [(224, 140, 112 * 112), (300, 90, 1024 * 1024), (2000, 1500, 512 * 512)]
+)
+def test_image_tokens_are_what_the_processor_gives(vlm, width, height, budget):
+    from PIL import Image
+
+    from glmlab.lora.estimate import image_tokens
+
+    answer = vlm.ask(Image.new("RGB", (width, height)), "?", max_new_tokens=1, max_image_pixels=budget)
+    assert image_tokens(width, height, budget) == answer.usage.image_tokens

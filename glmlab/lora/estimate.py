@@ -188,7 +188,7 @@ def sample_shape(recipe: LoraRecipe, samples: int = 8) -> SampleShape:
     image, prompt, answer = [], [], []
     for record in records:
         width, height = record["image"].size
-        image.append(math.ceil(min(width * height, recipe.max_image_pixels) / TOKEN_PIXELS))
+        image.append(image_tokens(width, height, recipe.max_image_pixels))
         messages = to_messages(record)
         prompt.append(
             12 + _text_tokens(recipe.prompt or messages[-2]["content"]) + _text_tokens(recipe.system or "")
@@ -280,6 +280,24 @@ def _saved_module_params(recipe: LoraRecipe, shapes: ModelShapes) -> int:
         for name, i, o in shapes.linear_shapes
         if any(name == saved or name.endswith("." + saved) for saved in recipe.modules_to_save)
     )
+
+
+def image_tokens(width: int, height: int, max_image_pixels: int) -> int:
+    """Image tokens the processor gives a width x height image: its own resize rule (multiples of
+    28 px within the pixel budget), then one token per 28x28 px."""
+    from transformers.models.glm46v.image_processing_glm46v import smart_resize
+
+    from glmlab.prompts import pixel_budget_size
+
+    size = pixel_budget_size(max_image_pixels)
+    resized_height, resized_width = smart_resize(
+        num_frames=2,
+        height=height,
+        width=width,
+        min_pixels=size["shortest_edge"],
+        max_pixels=size["longest_edge"],
+    )
+    return resized_height * resized_width // TOKEN_PIXELS
 
 
 def _text_tokens(text: str) -> int:
