@@ -14,6 +14,7 @@ text stays plain, so every model path builds its prompt the same way from the sa
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 from glmlab.data.amounts import amount_in_words_zh
 from glmlab.data.fonts import find_cjk_font
-from glmlab.data.invoices import generate_invoices, generate_invoices_en, generate_invoices_zh
+from glmlab.data.invoices import generate_invoices
 from glmlab.data.loaders import (
     LoadReport,
     SkippedRow,
@@ -37,8 +38,8 @@ from glmlab.errors import ConfigError
 
 GENERATORS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "shapes": generate_shapes,
-    "invoices-zh": generate_invoices_zh,
-    "invoices-en": generate_invoices_en,
+    "invoices-zh": functools.partial(generate_invoices, language="zh"),
+    "invoices-en": functools.partial(generate_invoices, language="en"),
     "medical-phantoms": generate_phantoms,
 }
 
@@ -47,10 +48,12 @@ def generator_options(name: str) -> dict[str, Any]:
     """The options generator `name` takes, with their defaults (what a recipe or suite may set)."""
     if name not in GENERATORS:
         raise ConfigError(f"generator {name!r}: unknown; expected one of {sorted(GENERATORS)}.")
-    # the two invoice entries are generate_invoices with the language fixed
-    function = generate_invoices if name.startswith("invoices-") else GENERATORS[name]
-    parameters = inspect.signature(function).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name != "language"}
+    function = GENERATORS[name]
+    fixed = (
+        function.keywords if isinstance(function, functools.partial) else {}
+    )  # e.g. the invoices' language
+    parameters = inspect.signature(getattr(function, "func", function)).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in fixed}
 
 
 def generate(
@@ -77,8 +80,6 @@ __all__ = [
     "generate",
     "generator_options",
     "generate_invoices",
-    "generate_invoices_en",
-    "generate_invoices_zh",
     "generate_phantoms",
     "generate_shapes",
     "load_records",

@@ -442,17 +442,3 @@ def _scan(image: Image.Image, rng: np.random.Generator, *, noise: bool, angle: f
     pixels = np.asarray(image, dtype=np.float32) * float(rng.uniform(0.92, 1.0)) + float(rng.uniform(0, 12))
     pixels += rng.normal(0.0, float(rng.uniform(2.0, 7.0)), pixels.shape[:2])[..., None]
     return Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
-
-
-def generate_invoices_zh(
-    n: int, seed: int = 0, out_dir: str | Path | None = None, **options: Any
-) -> list[dict]:
-    """Chinese VAT-style invoices (see `generate_invoices`)."""
-    return generate_invoices(n, seed, out_dir, language="zh", **options)
-
-
-def generate_invoices_en(
-    n: int, seed: int = 0, out_dir: str | Path | None = None, **options: Any
-) -> list[dict]:
-    """English invoices (see `generate_invoices`)."""
-    return generate_invoices(n, seed, out_dir, language="en", **options)
