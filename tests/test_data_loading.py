@@ -206,6 +206,30 @@ def test_hub_name_is_loaded_with_load_dataset_and_mapped_with_columns(tmp_path, 
     assert dataset[0]["images"][0].getpixel((0, 0)) == (200, 10, 10)
 
 
+def test_dataset_images_keep_their_stored_jpeg_bytes():
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 120, 200)).save(buffer, format="JPEG", quality=80)
+    jpeg = buffer.getvalue()
+    source = datasets.Dataset.from_dict(
+        {"image": [{"bytes": jpeg, "path": None}], "question": ["Q"], "answer": ["A"]},
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "question": datasets.Value("string"),
+                "answer": datasets.Value("string"),
+            }
+        ),
+    )
+    records = load_records(source)
+    feature = records.features["images"]
+    stored = records.cast_column("images", type(feature)(datasets.Image(decode=False)))
+    assert stored[0]["images"][0]["bytes"] == jpeg  # not decoded and re-encoded as PNG
+
+
 def test_unknown_hub_name_raises_input_error_naming_it(tmp_path, hub_offline):
     with pytest.raises(InputError, match="no-such-builder-xyz: not a local path"):
         load_records("no-such-builder-xyz", hub_options={"cache_dir": str(tmp_path)})

@@ -172,7 +172,7 @@ def _open_source(source: Any, split: str | None, hub_options: Mapping[str, Any] 
     import pandas as pd
 
     if isinstance(source, datasets.Dataset):
-        return _Source("dataset", enumerate(source), None)
+        return _Source("dataset", enumerate(_stored_images(source)), None)
     if isinstance(source, pd.DataFrame):
         return _Source("DataFrame", enumerate(source.to_dict("records")), None)
     if isinstance(source, list | tuple):
@@ -180,7 +180,7 @@ def _open_source(source: Any, split: str | None, hub_options: Mapping[str, Any] 
     if isinstance(source, Path) or (isinstance(source, str) and Path(source).exists()):
         return _local_source(Path(source), split)
     if isinstance(source, str):
-        return _Source(source, enumerate(_hub_dataset(source, split, hub_options)), None)
+        return _Source(source, enumerate(_stored_images(_hub_dataset(source, split, hub_options))), None)
     raise InputError(
         f"{type(source).__name__} object: not a record source. Pass a data folder, a .jsonl file, "
         "a pandas DataFrame, a list of dicts, a datasets.Dataset or a hub dataset name."
@@ -217,6 +217,19 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
                     f"{row_label(str(path), index, None)}: invalid JSON ({error.msg} at column {error.colno})"
                 )
                 yield index, RecordError(message, reason="invalid_row", index=index)
+
+
+def _stored_images(dataset: Any) -> Any:
+    """The dataset with its image columns left undecoded: records keep the stored bytes (a JPEG stays
+    the same JPEG) instead of decoding every image to PIL and re-encoding it as PNG."""
+    import datasets
+
+    for name, feature in dataset.features.items():
+        if isinstance(feature, datasets.Image):
+            dataset = dataset.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(getattr(feature, "feature", None), datasets.Image):  # a list of images
+            dataset = dataset.cast_column(name, type(feature)(datasets.Image(decode=False)))
+    return dataset
 
 
 def _hub_dataset(name: str, split: str | None, hub_options: Mapping[str, Any] | None):
