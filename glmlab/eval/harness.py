@@ -238,21 +238,11 @@ def _remote_answers(
         timing = {**sample_timing(answer, start, end, first_piece), "batch_size": 1, **_wall(start, end)}
         return sample, answer, timing
 
-    queue = iter(pending)
     pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="glmlab-eval")
-    in_flight: set[concurrent.futures.Future] = set()
-    try:
-        for sample in queue:
-            in_flight.add(pool.submit(work, sample))
-            if len(in_flight) >= concurrency:
-                break
-        while in_flight:
-            finished, in_flight = concurrent.futures.wait(in_flight, return_when="FIRST_COMPLETED")
-            for future in finished:
-                following = next(queue, None)
-                if following is not None:
-                    in_flight.add(pool.submit(work, following))
-                yield future.result()
+    try:  # the pool runs `concurrency` at a time; the rest wait unstarted (their images unloaded)
+        futures = [pool.submit(work, sample) for sample in pending]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
