@@ -17,7 +17,7 @@ from test_serve_support import (  # noqa: F401 (fixtures)
 )
 
 import glmlab.integrations.comfyui as package
-from glmlab.client import Client, ServerError
+from glmlab.client import ServerError
 from glmlab.images import to_pil
 
 FOLDER = Path(package.__file__).parent
@@ -61,21 +61,16 @@ def test_the_folder_defines_comfyuis_mappings(nodes):
     assert (FOLDER / "README.md").read_text().count("custom_nodes") >= 1
 
 
-def test_a_batch_of_two_images_gives_two_answers(nodes, server):
+def test_a_batch_of_two_images_gives_the_local_models_answers_with_the_adapter(nodes, server, served_vlm):
     torch.manual_seed(0)
     batch = torch.rand(2, 64, 96, 3)  # ComfyUI IMAGE: [B,H,W,C] floats in 0-1
     node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
     (answers,) = getattr(node, node.FUNCTION)(batch, **node_inputs(server.url))
-    client = Client(server.url, api_key=API_KEY, model="alpha")
-    expected = [
-        client.ask(image, "What is in the picture?", thinking=False, max_new_tokens=6, temperature=0).text
-        for image in to_pil(batch)
-    ]
-    assert (
-        answers == expected
-        and len(answers) == 2
-        and all(isinstance(answer, str) and answer for answer in answers)
-    )
+    options = {"thinking": False, "max_new_tokens": 6, "temperature": 0, "cache": False}
+    question = "What is in the picture?"
+    images = to_pil(batch)
+    assert answers == [served_vlm.ask(image, question, adapter="alpha", **options).text for image in images]
+    assert answers != [served_vlm.ask(image, question, adapter=None, **options).text for image in images]
 
 
 def test_an_unreachable_server_raises_instead_of_returning_an_error_string(nodes):
