@@ -1,31 +1,13 @@
 """Named LoRA adapters on a loaded VLM: load several, switch per call, unload back to the base."""
 
 import pytest
-import torch
 from conftest import scene
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForImageTextToText
+from test_serve_support import adapters_fixture  # noqa: F401 (the shared alpha/beta adapters)
 
 import glmlab
 from glmlab.errors import AdapterError
 
-TEXT_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate_up_proj|down_proj))"
 GREEDY = {"temperature": 0, "max_new_tokens": 8}
-
-
-def random_adapter(tiny_path, folder, seed):
-    """A LoRA adapter with random (non-zero) B matrices, so it changes the answers."""
-    torch.manual_seed(seed)
-    base = AutoModelForImageTextToText.from_pretrained(tiny_path)
-    config = LoraConfig(r=4, lora_alpha=16, target_modules=TEXT_TARGETS, init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_path, tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    return {name: random_adapter(tiny_path, root / name, seed) for name, seed in [("alpha", 1), ("beta", 2)]}
 
 
 @pytest.fixture
