@@ -42,10 +42,8 @@ class AdapterInfo:
     config: dict
     base_model: str | None
     rank: int
-    modules: list[
-        str
-    ]  # adapted modules, transformers names ("model.language_model.layers.0.self_attn.q_proj")
-    keys: list[str]  # every tensor name in adapter_model.safetensors
+    # adapted modules, by their transformers names ("model.language_model.layers.0.self_attn.q_proj")
+    modules: list[str]
 
     def require_base(self, model: str | None = None) -> str:
         """`model` if given, else the adapter's own base model; an error naming the fix when neither."""
@@ -74,7 +72,7 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
         raise AdapterError(f"{folder}: unreadable adapter files ({error}).") from None
     ranks = [int(config.get("r", 0)), *(int(value) for value in (config.get("rank_pattern") or {}).values())]
     modules = sorted({module_name(key) for key in keys})
-    return AdapterInfo(folder, config, base_model_of(folder, config), max(ranks), modules, keys)
+    return AdapterInfo(folder, config, base_model_of(folder, config), max(ranks), modules)
 
 
 def base_model_of(folder: Path, config: dict | None = None) -> str | None:
