@@ -203,3 +203,44 @@ def test_a_bad_adapter_name_is_refused_before_anything_is_written(adapters, tmp_
     with pytest.raises(ConfigError, match="adapter name 'my adapter'"):
         export_vllm(adapters["alpha"], tmp_path / "my adapter")
     assert not (tmp_path / "my adapter").exists()
+
+
+# ---- export_for_serving: the form vLLM can serve ---------------------------------------------------
+
+
+def test_export_for_serving_writes_the_vllm_adapter_when_vllm_accepts_it(adapters, tmp_path):
+    from glmlab.export import export_for_serving
+
+    exported = export_for_serving(adapters["beta"], tmp_path / "beta")
+    assert exported.format == "vllm" and exported.vllm.rank == 8
+    assert "LoRA on 12 language-model modules, rank 8" in exported.reason
+    assert "--lora-modules beta=" in exported.vllm_serve
+    assert (tmp_path / "beta" / "adapter_model.safetensors").exists()
+
+
+def test_export_for_serving_merges_what_vllm_refuses_and_the_merge_answers_like_the_adapter(
+    tiny_path, tmp_path
+):
+    from glmlab.export import export_for_serving
+
+    head = make_adapter(tiny_path, tmp_path / "head", seed=5, target_modules=r".*(lm_head|q_proj)")
+    exported = export_for_serving(head, tmp_path / "head-served")
+    assert exported.format == "merged" and exported.vllm is None
+    assert "no LoRA slot for in the language model: lm_head" in exported.reason
+    assert exported.vllm_serve.startswith(f"vllm serve {(tmp_path / 'head-served').resolve()} ")
+    assert "--lora-modules" not in exported.vllm_serve
+    merged = glmlab.load(str(exported.path)).ask(scene(), "Colour?", **GREEDY)
+    adapted = glmlab.load(str(tiny_path), adapter=str(head)).ask(scene(), "Colour?", **GREEDY)
+    assert merged.text == adapted.text
+
+
+def test_cli_export_format_auto_says_which_format_and_why(adapters, tmp_path):
+    from typer.testing import CliRunner
+
+    from glmlab.cli import app
+
+    result = CliRunner().invoke(
+        app, ["export", str(adapters["alpha"]), "--format", "auto", "--out", str(tmp_path / "alpha")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "format vllm: " in result.output and "serve it with:\n  vllm serve " in result.output

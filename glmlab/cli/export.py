@@ -2,6 +2,7 @@
 
 glmlab export runs/invoices/adapter --format vllm --out exports/invoices-vllm
 glmlab export runs/invoices/adapter --format merged --out exports/invoices-merged
+glmlab export runs/invoices/adapter --format auto --out exports/invoices   # whichever vLLM can serve
 glmlab export exports/invoices-vllm --to http://localhost:8080/v1 --name invoices
 """
 
@@ -20,8 +21,11 @@ from glmlab.cli.common import clear_errors, quiet_transformers
 @app.command()
 def export(
     adapter: Path = typer.Argument(..., help="A PEFT LoRA adapter folder (safetensors)."),
-    export_format: Literal["vllm", "merged"] = typer.Option(
-        None, "--format", help="vllm: a checked adapter + the vllm serve line; merged: a full checkpoint."
+    export_format: Literal["vllm", "merged", "auto"] = typer.Option(
+        None,
+        "--format",
+        help="vllm: a checked adapter + the vllm serve line; merged: a full checkpoint; "
+        "auto: vllm when vLLM can serve the adapter, merged otherwise (says why).",
     ),
     out: Path = typer.Option(None, "--out", help="Folder to write (with --format)."),
     to: str = typer.Option(
@@ -67,9 +71,13 @@ def export(
                 f"wrote {result.path} (rank {result.rank}, {len(result.modules)} modules, base "
                 f"{result.base_model}); serve it with:\n  {result.vllm_serve}"
             )
+        elif export_format == "auto":
+            result = exporting.export_for_serving(adapter, out, model=model, name=name, overwrite=overwrite)
+            typer.echo(f"format {result.format}: {result.reason}")
+            typer.echo(f"wrote {result.path}; serve it with:\n  {result.vllm_serve}")
         else:
             path = exporting.export_merged(adapter, out, model=model, dtype=dtype, overwrite=overwrite)
             typer.echo(
-                f"wrote the merged checkpoint {path}; load it with glmlab.load({str(path)!r}) or "
-                f"`vllm serve {path}`."
+                f"wrote the merged checkpoint {path}; load it with glmlab.load({str(path)!r}) or serve "
+                f"it with:\n  {exporting.merged_serve_line(path)}"
             )

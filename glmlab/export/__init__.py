@@ -3,9 +3,10 @@
     from glmlab.export import export_vllm, export_merged, register
     export_vllm("runs/invoices/adapter", "exports/invoices-vllm")      # vLLM-ready adapter + manifest
     export_merged("runs/invoices/adapter", "exports/invoices-merged")  # full checkpoint, no adapter
+    export_for_serving("runs/invoices/adapter", "exports/invoices")     # whichever of the two vLLM serves
     register("exports/invoices-vllm", "http://localhost:8000/v1")      # load it on a running server
 
-`glmlab export` is the command-line front of these three functions.
+`glmlab export` is the command-line front of these functions (`--format auto` is `export_for_serving`).
 """
 
 from __future__ import annotations
@@ -14,21 +15,26 @@ import logging
 from pathlib import Path
 
 from glmlab.export.adapters import AdapterInfo, base_model_of, inspect_adapter, max_lora_rank
+from glmlab.export.auto import ServingExport, export_for_serving, servable_format
 from glmlab.export.merged import export_merged
-from glmlab.export.vllm import MANIFEST, VllmExport, export_vllm
+from glmlab.export.vllm import MANIFEST, VllmExport, export_vllm, merged_serve_line
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MANIFEST",
     "AdapterInfo",
+    "ServingExport",
     "VllmExport",
     "base_model_of",
+    "export_for_serving",
     "export_merged",
     "export_vllm",
     "inspect_adapter",
     "max_lora_rank",
+    "merged_serve_line",
     "register",
+    "servable_format",
 ]
 
 

@@ -130,6 +130,14 @@ def _serve_line(base: str, name: str, out: Path) -> str:
     return vllm_command(settings).shell()
 
 
+def merged_serve_line(checkpoint: Path) -> str:
+    """The `vllm serve` line for a merged checkpoint folder (no LoRA flags)."""
+    from glmlab.serve.engines.vllm import vllm_command
+    from glmlab.serve.settings import ServerSettings
+
+    return vllm_command(ServerSettings(model=str(Path(checkpoint).resolve()), port=8000)).shell()
+
+
 def prepare_output(out: str | Path, overwrite: bool, source: Path) -> Path:
     """An empty output folder; a non-empty one is replaced only with overwrite=True, and never when it
     is (or holds) the adapter being exported."""
