@@ -29,6 +29,7 @@ from glmlab.lora.card import write_run_files
 from glmlab.lora.collator import IGNORE_INDEX, LoraCollator, answer_end_token_id
 from glmlab.lora.data import load_training_data
 from glmlab.lora.evaluation import AnswerEvaluator
+from glmlab.lora.progress import TrainingProgress
 from glmlab.lora.recipe import LoraRecipe, load_recipe
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def train(
     *,
     resume: bool = False,
     callbacks: list[TrainerCallback] | None = None,
+    progress: bool = True,
     **overrides: Any,
 ) -> TrainResult:
     """Train a LoRA adapter as `recipe` says and write it to `output_dir`.
@@ -91,6 +93,7 @@ def train(
     recipe object is never modified.
     resume: continue from the newest checkpoint in output_dir/checkpoints (after a crash or kill).
     callbacks: extra transformers TrainerCallbacks.
+    progress: a progress bar over the steps and one line per held-out evaluation (False: silent).
     Returns a TrainResult; the folder holds adapter_config.json, adapter_model.safetensors,
     glmlab.json and README.md.
     """
@@ -122,6 +125,9 @@ def train(
         evaluator=evaluator,
         optimizers=(_optimizer(model, recipe), None),
     )
+    for replaced in TrainingProgress.replaces:
+        trainer.remove_callback(replaced)
+    trainer.add_callback(TrainingProgress(enabled=progress))
     initial = _initial_metrics(trainer, output_dir, checkpoint)
     start = time.perf_counter()
     with warnings.catch_warnings():
