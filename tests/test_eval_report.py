@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 from test_eval_harness import EVAL_DIR, QUIET, script, scripted, shapes_suite  # noqa: F401  (fixture)
+from test_serve_support import adapters_fixture  # noqa: F401  (fixture)
 from typer.testing import CliRunner
 
 from glmlab.data import generate
@@ -229,6 +230,33 @@ def test_demo_eval_stage_evaluates_the_base_and_says_when_no_adapter_was_trained
     assert lines[0].startswith("no trained adapter in this demo run")
     assert lines[1].startswith("base: exact_match 0.000") and lines[-1].startswith("report: ")
     assert [run.name for run in ctx.results["eval"]] == ["base"]
+
+
+def test_demo_eval_stage_breaks_the_adapter_score_down_by_question_type(vlm, adapters, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from glmlab import demo
+
+    monkeypatch.setattr(demo, "EVAL_LIMIT", 6)
+    lines: list[str] = []
+    ctx = demo.DemoContext(
+        model="tiny",
+        work_dir=tmp_path,
+        echo=lines.append,
+        vlm=vlm,
+        results={"train": SimpleNamespace(adapter_dir=adapters["alpha"])},
+    )
+    try:
+        demo.stage_eval(ctx)
+    finally:
+        vlm.unload_adapter("demo-shapes")
+    table = demo.by_question_type(ctx.results["eval"])
+    assert list(table.columns) == ["question_type", "base", "adapter", "n"]
+    assert sorted(table["question_type"]) == ["color", "count", "shape"] and table["n"].sum() == 6
+    runs = {run.name: run for run in ctx.results["eval"]}
+    colour = runs["adapter"].samples.query("question_type == 'color'")["exact_match"].mean()
+    assert table.set_index("question_type").loc["color", "adapter"] == colour
+    assert any(line.startswith("the suite mixes colour, shape and count questions") for line in lines)
 
 
 def test_scoring_a_saved_run_never_imports_torch(red_and_blue, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -236,10 +237,35 @@ def test_demo_train_stage_shows_the_loss_falling_and_leaves_the_adapter(tmp_path
     next(stage for stage in demo.STAGES if stage.name == "train").run(ctx)
     text = "\n".join(lines)
     assert "loss" in lines[0] and "held-out colour accuracy 0.00 ->" in text
+    assert "{'loss'" not in text
     assert demo.trained_adapter(ctx) == tmp_path / "lora-shapes"
     assert (tmp_path / "lora-shapes" / "loss.png").exists()
     names = [stage.name for stage in demo.STAGES]
     assert names.index("train") == names.index("eval") - 1
+
+
+def test_training_shows_a_progress_bar_and_one_line_per_evaluation_not_log_dicts(tmp_path, capfd):
+    train(LORA_DIR / "shapes.yaml", tmp_path / "run", **{**SHORT, "max_steps": 3, "save_every_steps": 3})
+    printed = "".join(capfd.readouterr())
+    assert "training: 100%" in printed and "3/3 [" in printed
+    assert re.search(r"step 3/3  loss \d+\.\d{3}  exact_match \d\.\d{3}\n", printed)
+    assert "{'loss'" not in printed and "grad_norm" not in printed and "Casting the dataset" not in printed
+
+
+def test_training_progress_can_be_silenced(tmp_path, capfd):
+    train(LORA_DIR / "shapes.yaml", tmp_path / "run", progress=False, **{**SHORT, "max_steps": 1})
+    printed = "".join(capfd.readouterr())
+    assert "training:" not in printed and "step 1/1" not in printed
+
+
+def test_evaluation_line_is_one_aligned_row_of_the_loss_table():
+    from glmlab.lora.progress import evaluation_line
+
+    assert (
+        evaluation_line(50, 150, 2.05, {"exact_match": 0.8333})
+        == "step  50/150  loss 2.050  exact_match 0.833"
+    )
+    assert evaluation_line(0, 9, None, {"field_f1": 0.5}) == "step 0/9  loss   -    field_f1 0.500"
 
 
 # ---- every shipped recipe runs, and its first losses match the recorded ones ---------------------
