@@ -27,6 +27,7 @@ import json5
 
 from glmlab.answer import split_thinking, strip_box_tags
 from glmlab.errors import ConfigError
+from glmlab.eval.numbers import NumberRules, parse_number
 
 __all__ = [
     "EXTRACTORS",
@@ -42,10 +43,7 @@ __all__ = [
 _FENCE_RE = re.compile(r"```[ \t]*(?:json5?|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
 # A number not glued to a preceding letter or digit ("COVID-19" is 19, not -19), with optional
 # thousands separators, decimals, and a trailing percent sign or Chinese magnitude (万 = 1e4, 亿 = 1e8).
-_NUMBER_RE = re.compile(
-    r"(?<![A-Za-z0-9.])([-−+]?)(\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)\s*(%|万|亿)?"
-)
-_MAGNITUDES = {"万": 1e4, "亿": 1e8}
+_FREE_TEXT = NumberRules(find=True, magnitudes=True)  # units ignored, "45%" is 45, 万/亿 multiply
 _PREFIX_RE = re.compile(
     r"^\s*(?:\*\*)?\s*(?:(?:final\s+)?answer|答案|回答|答)\s*(?:is|是|为)?\s*(?:\*\*)?\s*[:：]?\s*",
     re.IGNORECASE,
@@ -151,13 +149,8 @@ def extract_number(text: str) -> float | None:
     by 100, matching how chart answers are written), units such as 元, kg or 个 are ignored, and the
     Chinese magnitudes 万 and 亿 multiply: "3.5万元" is 35000.0.
     """
-    answer = unicodedata.normalize("NFKC", final_text(text))
-    match = _NUMBER_RE.search(answer)
-    if match is None:
-        return None
-    sign, digits, suffix = match.groups()
-    value = float(digits.replace(",", "")) * _MAGNITUDES.get(suffix or "", 1.0)
-    return -value if sign in ("-", "−") else value
+    value = parse_number(final_text(text), _FREE_TEXT)
+    return None if value is None else float(value)
 
 
 def extract_yes_no(text: str) -> str | None:

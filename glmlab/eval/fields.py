@@ -40,11 +40,12 @@ import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.extract import extract_json
+from glmlab.eval.numbers import CURRENCY_RE, NumberRules, parse_number
 
 __all__ = [
     "FIELD_KINDS",
@@ -59,8 +60,7 @@ __all__ = [
 ]
 
 FIELD_KINDS = ("auto", "amount", "date", "text")
-_CURRENCY_RE = re.compile(r"[¥$€£]|元|圆|人民币|RMB|CNY|USD", re.IGNORECASE)
-_AMOUNT_RE = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?$")
+_AMOUNT = NumberRules(currency=True, percent="refuse")  # the whole text, currency dropped; 45% is no amount
 _YMD_RE = re.compile(r"^(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?$")
 _DMY_RE = re.compile(r"^(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})$")
 _MONTH_DAY_YEAR_RE = re.compile(r"^([A-Za-z]+)\.?\s+(\d{1,2})(?:st|nd|rd|th)?,?\s+(\d{4})$")
@@ -227,13 +227,8 @@ def normalize_field_value(value: Any, kind: str = "auto") -> str:
 
 def parse_amount(text: str) -> str | None:
     """Canonical decimal string of a money amount ("¥1,234.50" -> "1234.5"), or None."""
-    bare = "".join(_CURRENCY_RE.sub("", unicodedata.normalize("NFKC", text)).split())
-    if not _AMOUNT_RE.match(bare):
-        return None
-    try:
-        return _canonical_decimal(Decimal(bare.replace(",", "")))
-    except InvalidOperation:
-        return None
+    value = parse_number(text, _AMOUNT)
+    return None if value is None else _canonical_decimal(value)
 
 
 def parse_date(text: str) -> str | None:
@@ -264,7 +259,7 @@ def _month_number(name: str) -> int | None:
 
 
 def _looks_like_amount(text: str) -> bool:
-    return bool(_CURRENCY_RE.search(text)) or "," in text or "." in text
+    return bool(CURRENCY_RE.search(text)) or "," in text or "." in text
 
 
 def _canonical_decimal(value: Decimal) -> str:

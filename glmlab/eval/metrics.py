@@ -40,6 +40,7 @@ from rapidfuzz.distance import Levenshtein
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.extract import extract_choice, extract_yes_no
 from glmlab.eval.fields import FieldScores, aggregate_field_scores, score_fields
+from glmlab.eval.numbers import parse_number
 from glmlab.eval.stats import bootstrap_ci, paired_bootstrap_pvalue
 from glmlab.eval.vqa_normalize import normalize_vqa_answer
 
@@ -69,7 +70,6 @@ METRICS: dict[str, MetricFn] = {}
 AGGREGATORS: dict[str, Aggregator] = {}
 
 _THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_PLAIN_NUMBER_RE = re.compile(r"^[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)$")
 _TOKEN_RE = re.compile(r"[\u3400-\u9fff]|[^\s\u3400-\u9fff]+")  # each CJK character is one token
 _CLOSED_TYPES = ("closed", "yes_no", "choice")
 _OPEN_TYPES = ("open",)
@@ -316,10 +316,8 @@ def _plain_number(value: Any) -> float | None:
     """A float from a number or from text that is only a number (optionally with a % sign)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    text = unicodedata.normalize("NFKC", _as_text(value)).strip().removesuffix("%").strip()
-    if not _PLAIN_NUMBER_RE.match(text):
-        return None
-    return float(text.replace(",", ""))
+    number = parse_number(_as_text(value))
+    return None if number is None else float(number)
 
 
 def _docvqa_normalize(text: str) -> str:
