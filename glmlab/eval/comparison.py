@@ -59,7 +59,7 @@ def compare(
 
 def plot_comparison(runs: Sequence[EvalRun], *, names: Sequence[str] | None = None):
     """A Figure: headline metrics of the paired runs with 95 % intervals, and their latency."""
-    from glmlab.eval.reporting import comparison_figure
+    from glmlab.eval.figures import comparison_figure
 
     paired, labels = paired_runs(runs, names)
     return comparison_figure(paired, labels)

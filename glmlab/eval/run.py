@@ -119,7 +119,7 @@ class EvalRun:
 
     def plot(self):
         """A matplotlib Figure: headline metrics with 95 % intervals, and latency distributions."""
-        from glmlab.eval.reporting import run_figure
+        from glmlab.eval.figures import run_figure
 
         return run_figure(self)
 
@@ -159,7 +159,7 @@ class EvalRun:
     def write_summary(self, run_dir: Path, *, figures: bool = True) -> None:
         write_json(run_dir / SUMMARY_FILE, self.summary_dict())
         if figures and not self.samples.empty:
-            from glmlab.eval.reporting import save_run_figures
+            from glmlab.eval.figures import save_run_figures
 
             save_run_figures(self, run_dir, FIGURES)
 
