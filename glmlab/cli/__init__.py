@@ -1,33 +1,12 @@
 """The `glmlab` command: one verb per capability, each a thin front over one library function.
 
-Each verb lives in its own module here and registers itself on `app`; add a verb by importing its
-module below.
+Each verb lives in its own module here and registers itself on `app` (glmlab.cli.root); add a verb
+by importing its module below.
 """
 
 from __future__ import annotations
 
-import logging
-
-import typer
-
-app = typer.Typer(
-    help="glmlab: ask, fine-tune, evaluate and serve GLM-V vision-language models.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-
-
-@app.callback()
-def main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log automatic choices and progress."),
-) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
-
-
-from glmlab.cli import (  # noqa: E402,F401  (verbs register themselves on import)
+from glmlab.cli import (  # noqa: F401  (verbs register themselves on import)
     ask,
     demo,
     eval,
@@ -35,3 +14,6 @@ from glmlab.cli import (  # noqa: E402,F401  (verbs register themselves on impor
     serve,
     train,
 )
+from glmlab.cli.root import app
+
+__all__ = ["app"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from glmlab.cli import app
 from glmlab.cli.common import clear_errors, quiet_transformers
+from glmlab.cli.root import app
 
 
 @app.command()

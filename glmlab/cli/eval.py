@@ -14,8 +14,8 @@ from pathlib import Path
 
 import typer
 
-from glmlab.cli import app
 from glmlab.cli.common import clear_errors, parse_overrides, quiet_transformers
+from glmlab.cli.root import app
 from glmlab.loading import DEFAULT_MODEL
 
 # Flags that are not evaluate() arguments: they pick the model, shape the suite or the output.

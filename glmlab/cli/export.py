@@ -14,8 +14,8 @@ from typing import Literal
 
 import typer
 
-from glmlab.cli import app
 from glmlab.cli.common import clear_errors, quiet_transformers
+from glmlab.cli.root import app
 
 
 @app.command()

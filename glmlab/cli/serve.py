@@ -17,8 +17,8 @@ from typing import Any
 
 import typer
 
-from glmlab.cli import app
 from glmlab.cli.common import clear_errors, quiet_transformers
+from glmlab.cli.root import app
 from glmlab.serve.settings import ServerSettings, parse_adapter_args
 
 Engine = typing.Literal["glmlab", "vllm"]

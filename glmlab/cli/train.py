@@ -11,8 +11,8 @@ from pathlib import Path
 
 import typer
 
-from glmlab.cli import app
 from glmlab.cli.common import clear_errors, parse_overrides
+from glmlab.cli.root import app
 
 
 @app.command()
