@@ -31,9 +31,11 @@ bench: install
 		echo "== $$b"; ../../$(BIN)/python $$b.py || exit 1; done
 	cd eval/bench && ../../$(BIN)/python gpu.py
 
+# ruff (lint + format) and the import contracts of pyproject.toml (layers, no cycles, scoring without models)
 quality: install
 	$(BIN)/ruff check glmlab tests eval
 	$(BIN)/ruff format --check glmlab tests eval
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache
