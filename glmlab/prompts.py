@@ -45,9 +45,25 @@ def question_messages(images: Any, question: str, system: str | None = None) -> 
     """The messages of a single question about zero or more images (images first, as the model card)."""
     if not isinstance(question, str):
         raise InputError(f"question: expected a string, got {type(question).__name__}.")
-    items = [{"type": "image", "image": image} for image in _as_list(images)]
-    messages = [{"role": "system", "content": system}] if system else []
-    return messages + [{"role": "user", "content": items + [{"type": "text", "text": question}]}]
+    return conversation_messages(images, [{"role": "user", "content": question}], system)
+
+
+def conversation_messages(
+    images: Any, turns: list[dict[str, str]], system: str | None = None
+) -> list[dict[str, Any]]:
+    """Prompt messages for text turns about images: the system text, then the turns, the images opening
+    the first user turn. Inference, training samples and eval questions are all built here."""
+    first_user = next((i for i, turn in enumerate(turns) if turn["role"] == "user"), None)
+    if first_user is None:
+        raise InputError("turns: no user turn to attach the images to.")
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for position, turn in enumerate(turns):
+        content: Any = turn["content"]
+        if position == first_user:
+            items = [{"type": "image", "image": image} for image in _as_list(images)]
+            content = items + [{"type": "text", "text": content}]
+        messages.append({"role": turn["role"], "content": content})
+    return messages
 
 
 def to_conversation(messages: list[dict[str, Any]], **image_options: Any) -> Conversation:

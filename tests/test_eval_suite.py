@@ -162,7 +162,7 @@ def test_generator_samples_carry_template_references_and_kept_fields():
     assert [s.kept for s in samples] == [{"question_type": t} for t in ("color", "shape", "count")]
 
 
-def test_folder_samples_keep_the_record_system_prompt_and_earlier_turns(tmp_path):
+def chat_sample_set(tmp_path):
     records = [
         {
             "id": "chat-1",
@@ -177,12 +177,35 @@ def test_folder_samples_keep_the_record_system_prompt_and_earlier_turns(tmp_path
         }
     ]
     save_records(records, tmp_path / "chat")
-    sample_set = load_samples(Suite.from_dict(minimal(data={"folder": str(tmp_path / "chat")})))
+    return load_samples(Suite.from_dict(minimal(data={"folder": str(tmp_path / "chat")})))
+
+
+def test_folder_samples_keep_the_record_system_prompt_and_earlier_turns(tmp_path):
+    sample_set = chat_sample_set(tmp_path)
     sample = sample_set.samples[0]
     assert (sample.system, sample.question, sample.references) == ("Be brief.", "Colour?", ["red"])
     messages = sample_set.item(sample)["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     assert [part["type"] for part in messages[1]["content"]] == ["image", "text"]
+
+
+def test_eval_asks_a_multi_turn_record_with_the_messages_training_builds_for_it(tmp_path, vlm):
+    from glmlab.lora.collator import LoraCollator
+
+    sample_set = chat_sample_set(tmp_path)
+    asked = sample_set.item(sample_set.samples[0])["messages"]
+    collator = LoraCollator(vlm.processor, eos_token_id=vlm.tokenizer.eos_token_id)
+    trained, answer = collator.prompt_messages(sample_set.dataset[0])
+    assert answer == "red"
+    assert [{**m, "content": _without_images(m["content"])} for m in trained] == [
+        {**m, "content": _without_images(m["content"])} for m in asked
+    ]
+    image_parts = [part for part in trained[1]["content"] if part["type"] == "image"]
+    assert len(image_parts) == 1 and image_parts[0]["image"].size == asked[1]["content"][0]["image"].size
+
+
+def _without_images(content):
+    return content if isinstance(content, str) else [p for p in content if p["type"] != "image"]
 
 
 def write_docvqa_copy(folder: Path, rows: list[dict]) -> Path:

@@ -32,7 +32,7 @@ from glmlab.data.loaders import (
     save_records,
 )
 from glmlab.data.phantoms import generate_phantoms
-from glmlab.data.records import REASONS, RecordError, to_messages
+from glmlab.data.records import REASONS, Dialogue, RecordError, to_dialogue, to_messages
 from glmlab.data.shapes import generate_shapes
 from glmlab.errors import ConfigError
 
@@ -72,6 +72,7 @@ __all__ = [
     "GENERATORS",
     "REASONS",
     "LoadReport",
+    "Dialogue",
     "RecordError",
     "SkippedRow",
     "amount_in_words_zh",
@@ -85,5 +86,6 @@ __all__ = [
     "load_records",
     "load_records_with_report",
     "save_records",
+    "to_dialogue",
     "to_messages",
 ]

@@ -23,6 +23,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,35 @@ def to_messages(record: Mapping[str, Any]) -> list[dict[str, str]]:
             reason=problem.reason,
             record_id=record_id,
         ) from None
+
+
+@dataclass
+class Dialogue:
+    """A record's conversation taken apart the way prompts are built from it."""
+
+    system: str | None  # the record's own system text, if it has one
+    turns: list[dict[str, str]]  # the user/assistant turns before the answer
+    answer: str  # the final assistant message: the training target, the eval reference
+
+    @property
+    def asked(self) -> int:
+        """Index in `turns` of the question the answer answers: the last user turn."""
+        return max(i for i, turn in enumerate(self.turns) if turn["role"] == "user")
+
+
+def to_dialogue(record: Mapping[str, Any]) -> Dialogue:
+    """`to_messages(record)` as system text, turns and answer; a conversation must open with a user turn."""
+    messages = to_messages(record)
+    turns = [turn for turn in messages[:-1] if turn["role"] != "system"]
+    system = next((turn["content"] for turn in messages[:-1] if turn["role"] == "system"), None)
+    if turns[0]["role"] != "user":
+        record_id = _record_id(record)
+        raise RecordError(
+            f"{row_label('record', None, record_id)}: the conversation must start with a user turn",
+            reason="invalid_row",
+            record_id=record_id,
+        )
+    return Dialogue(system, turns, messages[-1]["content"])
 
 
 def normalise_row(row: Any, *, index: int, source: str, image_root: Path | None = None) -> dict[str, Any]:

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from glmlab.data import to_dialogue
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.suite import Suite
+from glmlab.prompts import conversation_messages
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +57,8 @@ class SampleSet:
         images = self.images(sample)
         if not sample.history:
             return {"images": images, "question": sample.question, "system": sample.system}
-        messages = [{"role": "system", "content": sample.system}] if sample.system else []
         turns = [*sample.history, {"role": "user", "content": sample.question}]
-        first_user = next(i for i, turn in enumerate(turns) if turn["role"] == "user")
-        for position, turn in enumerate(turns):
-            content: Any = turn["content"]
-            if position == first_user:
-                content = [{"type": "image", "image": image} for image in images]
-                content.append({"type": "text", "text": turn["content"]})
-            messages.append({"role": turn["role"], "content": content})
-        return {"messages": messages}
+        return {"messages": conversation_messages(images, turns, sample.system)}
 
 
 def load_samples(suite: Suite, limit: int | None = None) -> SampleSet:
@@ -135,19 +129,15 @@ def _hub_dataset(suite: Suite, limit: int | None):
 def _sample(suite: Suite, index: int, row: Mapping[str, Any]) -> EvalSample:
     metadata = json.loads(row["metadata"]) if row["metadata"] else {}
     sample_id = row["id"] if row["id"] is not None else f"{index:06d}"
-    messages = list(row["messages"])
-    answer, turns = messages[-1]["content"], messages[:-1]
-    system = next((turn["content"] for turn in turns if turn["role"] == "system"), None)
-    turns = [turn for turn in turns if turn["role"] != "system"]
-    asked = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
-    question = _templated(suite, sample_id, turns[asked]["content"], metadata)
+    dialogue = to_dialogue(row)
+    turns = dialogue.turns
     return EvalSample(
         id=str(sample_id),
         index=index,
-        question=question,
-        references=_references(suite, sample_id, answer, metadata),
-        system=suite.prompt.system if suite.prompt.system is not None else system,
-        history=[{"role": turn["role"], "content": turn["content"]} for turn in turns[:asked]],
+        question=_templated(suite, sample_id, turns[dialogue.asked]["content"], metadata),
+        references=_references(suite, sample_id, dialogue.answer, metadata),
+        system=suite.prompt.system if suite.prompt.system is not None else dialogue.system,
+        history=[{"role": turn["role"], "content": turn["content"]} for turn in turns[: dialogue.asked]],
         options=_per_sample_options(suite, sample_id, metadata),
         kept={name: metadata.get(name) for name in _kept_names(suite)},
     )

@@ -20,7 +20,7 @@ import torch
 
 from glmlab import prompts
 from glmlab.batching import concat_images, pad_rows
-from glmlab.data import to_messages
+from glmlab.data import to_dialogue
 from glmlab.errors import InputError
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
@@ -92,24 +92,13 @@ class LoraCollator:
 
     def prompt_messages(self, record: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         """The messages inference is asked with (images first in the first user turn) and the answer."""
-        conversation = to_messages(record)
-        answer = conversation[-1]["content"]
-        turns = conversation[:-1]
-        system = self.system
-        if system is None and turns[0]["role"] == "system":
-            system = turns[0]["content"]
-        turns = [turn for turn in turns if turn["role"] != "system"]
+        dialogue = to_dialogue(record)
+        turns = [dict(turn) for turn in dialogue.turns]
         if self.prompt is not None:
-            last_user = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
-            turns[last_user] = {"role": "user", "content": self.prompt}
+            turns[dialogue.asked] = {"role": "user", "content": self.prompt}
+        system = self.system if self.system is not None else dialogue.system
         images = list(record.get("images") or [])
-        first = turns[0]
-        messages = (
-            prompts.question_messages(images, first["content"], system) if first["role"] == "user" else None
-        )
-        if messages is None:
-            raise InputError(f"record {record.get('id')!r}: the conversation must start with a user turn.")
-        return messages + [dict(turn) for turn in turns[1:]], answer
+        return prompts.conversation_messages(images, turns, system), dialogue.answer
 
     def encode(self, record: dict[str, Any]) -> EncodedSample:
         """Token ids and labels of one record: the inference prompt, then the target and its end token."""
