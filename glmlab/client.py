@@ -229,7 +229,8 @@ class Client:
         Parsed by `glmlab.prompts.to_conversation`, the parser local models use, so both accept (and
         refuse) the same messages; images are read here (paths, PIL, arrays, URLs) and sent as data.
         """
-        conversation = to_conversation(messages, allow_urls=True)
+        # The client's own process reads local paths anyway, so private addresses are no extra reach.
+        conversation = to_conversation(messages, allow_urls=True, allow_private_urls=True)
         images = iter(conversation.images)
         converted = []
         for message in conversation.messages:
