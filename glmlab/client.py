@@ -42,6 +42,7 @@ GENERATION_FIELDS = {
     "stop": "stop",
 }
 EXTENSION_FIELDS = ("top_k", "repetition_penalty")
+NO_API_KEY = "none"  # sent when there is no key: openai's client insists on one, a keyless server ignores it
 
 
 class ServerError(GlmlabError, RuntimeError):
@@ -64,8 +65,8 @@ class Client:
     """A GLM-V model served over HTTP (glmlab serve, vLLM): the VLM interface, remotely.
 
     base_url: the server's OpenAI base URL ("/v1" is added when missing).
-    api_key: the server's key (default: env GLMLAB_API_KEY). model: the model or adapter name to use by
-    default (default: the server's base model). timeout: seconds per request. retries: extra attempts,
+    api_key: the server's key (default: env GLMLAB_API_KEY; NO_API_KEY sends none). model: the model or
+    adapter name to use by default (default: the server's base model). timeout: seconds per request. retries: extra attempts,
     with exponential backoff, on connection errors, 429 and 5xx. fallback_model: used, with a warning,
     when the chosen model or adapter is missing on the server (404).
     """
@@ -88,7 +89,7 @@ class Client:
         self.image_format = image_format
         self.openai = openai.OpenAI(
             base_url=self.base_url,
-            api_key=api_key or os.environ.get("GLMLAB_API_KEY") or "none",
+            api_key=api_key or os.environ.get("GLMLAB_API_KEY") or NO_API_KEY,
             timeout=timeout,
             max_retries=retries,
         )
@@ -229,7 +230,8 @@ class Client:
         Parsed by `glmlab.prompts.to_conversation`, the parser local models use, so both accept (and
         refuse) the same messages; images are read here (paths, PIL, arrays, URLs) and sent as data.
         """
-        conversation = to_conversation(messages, allow_urls=True)
+        # The client's own process reads local paths anyway, so private addresses are no extra reach.
+        conversation = to_conversation(messages, allow_urls=True, allow_private_urls=True)
         images = iter(conversation.images)
         converted = []
         for message in conversation.messages:

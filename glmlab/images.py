@@ -25,6 +25,7 @@ from glmlab.errors import InputError
 SUPPORTED = "PNG, JPEG, WebP, GIF, BMP, TIFF, PDF, DICOM"
 DEFAULT_MAX_INPUT_PIXELS = 8192 * 8192  # refuse decompression bombs before decoding them
 DEFAULT_PDF_DPI = 144
+DEFAULT_MAX_URL_BYTES = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class ImageOptions:
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     pdf_dpi: int = DEFAULT_PDF_DPI
     dicom_window: tuple[float, float] | None = None  # (centre, width); None: the file's own
+    # http(s) URLs (allow_urls=True) are fetched by `glmlab.urls.fetch_url`: public addresses only
+    # unless allow_private_urls, at most max_url_bytes, url_timeout_s for the whole fetch.
+    allow_private_urls: bool = False
+    max_url_bytes: int = DEFAULT_MAX_URL_BYTES
     url_timeout_s: float = 20.0
 
 
@@ -110,12 +115,20 @@ def _from_string(text: str, opts: ImageOptions) -> list[Image.Image]:
     if text.startswith("data:"):
         return _from_bytes(_decode_data_url(text), describe(text), opts)
     if text.startswith(("http://", "https://")):
+        from glmlab.urls import fetch_url
+
         if not opts.allow_urls:
             raise InputError(
                 f"{text}: http(s) URLs are refused by default; pass allow_urls=True to fetch it, "
                 "or download the file and pass its path."
             )
-        return _from_bytes(_fetch_url(text, opts.url_timeout_s), text, opts)
+        data = fetch_url(
+            text,
+            max_bytes=opts.max_url_bytes,
+            timeout_s=opts.url_timeout_s,
+            allow_private=opts.allow_private_urls,
+        )
+        return _from_bytes(data, text, opts)
     return _from_path(Path(text), opts)
 
 
@@ -127,17 +140,6 @@ def _decode_data_url(url: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
         raise InputError(f"{describe(url)}: invalid base64 in data URL ({error}).") from None
-
-
-def _fetch_url(url: str, timeout_s: float) -> bytes:
-    import httpx
-
-    try:
-        response = httpx.get(url, timeout=timeout_s, follow_redirects=True)
-        response.raise_for_status()
-    except httpx.HTTPError as error:
-        raise InputError(f"{url}: could not be fetched ({error}).") from None
-    return response.content
 
 
 def _from_path(path: Path, opts: ImageOptions) -> list[Image.Image]:

@@ -1,8 +1,13 @@
-"""The ComfyUI "GLM Visual QA" node, loaded the way ComfyUI loads a custom-node folder, against a server."""
+"""The ComfyUI "GLM Visual QA" node, loaded the way ComfyUI loads a custom-node folder, against a server.
+
+The node's key comes from GLMLAB_API_KEY and goes only to loopback or to GLMLAB_TRUSTED_HOSTS; the
+"remote" server of those tests is a loopback server reached by a name that resolves to 127.0.0.1.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import socket
 import sys
 from pathlib import Path
@@ -45,9 +50,14 @@ def node_inputs(url: str, **overrides) -> dict:
         "temperature": 0.0,
         "timeout_s": 60.0,
         "thinking": False,
-        "api_key": API_KEY,
         **overrides,
     }
+
+
+@pytest.fixture(autouse=True)
+def key_in_environment(monkeypatch):
+    monkeypatch.setenv("GLMLAB_API_KEY", API_KEY)
+    monkeypatch.delenv("GLMLAB_TRUSTED_HOSTS", raising=False)
 
 
 def test_the_folder_defines_comfyuis_mappings(nodes):
@@ -58,7 +68,35 @@ def test_the_folder_defines_comfyuis_mappings(nodes):
     assert required["image"] == ("IMAGE",) and required["prompt"][1]["multiline"] is True
     assert required["server_url"][1]["default"] == "http://localhost:8080/v1"
     assert (node.RETURN_TYPES, node.OUTPUT_IS_LIST) == (("STRING",), (True,))
-    assert (FOLDER / "README.md").read_text().count("custom_nodes") >= 1
+    readme = (FOLDER / "README.md").read_text()
+    assert readme.count("custom_nodes") >= 1
+    assert "GLMLAB_API_KEY" in readme and "GLMLAB_TRUSTED_HOSTS" in readme
+
+
+def test_no_input_holds_a_key_so_workflows_and_png_metadata_never_carry_one(nodes):
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]
+    inputs = node.INPUT_TYPES()
+    names = [name for group in inputs.values() for name in group]
+    assert names == ["image", *node_inputs("x")] and not any("key" in name for name in names)
+    assert "api_key" not in inspect.signature(getattr(node, node.FUNCTION)).parameters
+
+
+@pytest.mark.parametrize(
+    ("url", "trusted", "sent"),
+    [
+        ("http://localhost:8080/v1", "", True),
+        ("http://127.0.0.1:8080", "", True),
+        ("http://[::1]:8080/v1", "", True),
+        ("http://gpu-box.lan:8080/v1", "", False),
+        ("http://gpu-box.lan:8080/v1", "other.lan, GPU-box.lan", True),
+        ("http://localhost@collector.example/v1", "", False),  # the host is collector.example
+        ("http://localhost.collector.example/v1", "localhost", False),
+        ("https://collector.example/v1", "gpu-box.lan", False),
+    ],
+)
+def test_the_key_goes_only_to_loopback_and_trusted_hosts(nodes, monkeypatch, url, trusted, sent):
+    monkeypatch.setenv("GLMLAB_TRUSTED_HOSTS", trusted)
+    assert nodes.nodes.api_key_for(url) == (API_KEY if sent else None)
 
 
 def test_a_batch_of_two_images_gives_the_local_models_answers_with_the_adapter(nodes, server, served_vlm):
@@ -86,3 +124,41 @@ def test_an_unknown_adapter_raises_with_the_servers_message(nodes, server):
     node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
     with pytest.raises(ServerError, match="answered 404: model 'retired' does not exist"):
         node.answer(torch.rand(1, 32, 32, 3), **node_inputs(server.url, model="retired"))
+
+
+@pytest.fixture(scope="module")
+def named_server(served_vlm):
+    """A keyed server on 127.0.0.1 that answers to the name gpu-box.test (resolved to it by the test)."""
+    from glmlab.serve import ServerSettings, start
+
+    settings = ServerSettings(model="tiny", api_key=API_KEY, allowed_hosts=["gpu-box.test"], port=0)
+    with start(served_vlm, settings) as running:
+        yield running
+
+
+@pytest.fixture
+def gpu_box_resolves_to_loopback(monkeypatch):
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        return real("127.0.0.1" if host == "gpu-box.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+
+
+def test_a_server_not_on_loopback_gets_the_key_only_once_trusted(
+    nodes, named_server, served_vlm, gpu_box_resolves_to_loopback, monkeypatch
+):
+    url = f"http://gpu-box.test:{named_server.port}/v1"
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    image = torch.rand(1, 32, 32, 3)
+    with pytest.raises(ServerError, match="answered 401") as refused:
+        node.answer(image, **node_inputs(url, model=""))
+    assert "add gpu-box.test there if you trust it" in str(refused.value)
+    assert "GLMLAB_TRUSTED_HOSTS" in str(refused.value)
+    monkeypatch.setenv("GLMLAB_TRUSTED_HOSTS", "gpu-box.test")
+    (answers,) = node.answer(image, **node_inputs(url, model=""))
+    options = {"thinking": False, "max_new_tokens": 6, "temperature": 0, "cache": False}
+    assert answers == [
+        served_vlm.ask(to_pil(image)[0], "What is in the picture?", adapter=None, **options).text
+    ]

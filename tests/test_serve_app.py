@@ -25,6 +25,7 @@ from glmlab.serve import ServerSettings, create_app
 from glmlab.serve.schemas import ThinkingRouter, completion_body
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+LOCAL = "http://localhost"  # TestClient's default Host, "testserver", is not one the server answers to
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def client(served_vlm, adapters, adapter_root):
         max_input_pixels=4096 * 4096,
     )
     with TestClient(
-        create_app(served_vlm, settings), raise_server_exceptions=False, headers=AUTH
+        create_app(served_vlm, settings), base_url=LOCAL, raise_server_exceptions=False, headers=AUTH
     ) as test_client:
         yield test_client
 
@@ -250,7 +251,7 @@ def test_server_answers_503_while_the_model_loads(served_vlm):
         return served_vlm
 
     app = create_app(ServerSettings(model="tiny"), loader=slow_load)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as test_client:
         assert "still loading" in assert_error(test_client.get("/health"), 503, "model_loading")
         assert_error(
             post(test_client, {"messages": [{"role": "user", "content": "x"}]}), 503, "model_loading"
@@ -266,13 +267,13 @@ def test_a_model_that_fails_to_load_is_503_with_the_reason():
 
     app = create_app(ServerSettings(model="tiny"), loader=broken_load)
     assert app.state.host.ready.wait(30)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as test_client:
         assert "truncated" in assert_error(test_client.get("/v1/models"), 503, "model_load_failed")
 
 
 def test_timeout_is_504_and_stops_the_generation(served_vlm):
     app = create_app(served_vlm, ServerSettings(model="tiny", timeout_s=0.3))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as test_client:
         body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2000, "temperature": 0}
         assert_error(post(test_client, body), 504, "timeout")
         assert post(test_client, {**body, "max_tokens": 1}).status_code == 200  # the model is free again

@@ -28,7 +28,8 @@ def serve_command(ctx: typer.Context, engine: str, dry_run: bool, **values: Any)
     """Serve a GLM-V model (and LoRA adapters) over an OpenAI-compatible API."""
     with clear_errors():
         values["adapters"] = parse_adapter_args(values["adapters"] or [])
-        values["adapter_roots"] = values["adapter_roots"] or []
+        for name in ("adapter_roots", "allowed_hosts"):  # repeatable options given no times
+            values[name] = values[name] or []
         settings = ServerSettings(**values)
         if engine == "vllm":
             _run_vllm(settings, ctx.args, dry_run)

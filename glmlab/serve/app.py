@@ -5,6 +5,11 @@ notebook's, a test's), so tests build the app in-process and `glmlab serve` runs
 uvicorn. Blocking model work runs in worker threads; the event loop only routes, queues and streams.
 Routes: POST /v1/chat/completions, GET /v1/models, GET /health, POST /v1/load_lora_adapter,
 POST /v1/unload_lora_adapter (the last two as vLLM names them).
+
+Before a route runs, middleware checks, in this order: the Host header (400 unless a loopback name,
+the listening address or --allowed-host: a web page cannot reach the server by DNS rebinding), the
+API key (401), a JSON Content-Type on POST bodies (415: a browser's cross-site "simple" request
+cannot carry one without a CORS preflight, which this server never grants) and the body size (413).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,15 +63,81 @@ def create_app(
             from glmlab.loading import load as loader
         host.start_loading(loader)
     app = FastAPI(
-        title="glmlab", summary="OpenAI-compatible server for GLM-V models", docs_url=None, redoc_url=None
+        title="glmlab",
+        summary="OpenAI-compatible server for GLM-V models",
+        docs_url=None,
+        redoc_url=None,
+        strict_content_type=True,  # never parse a body without a JSON Content-Type as JSON
     )
     app.state.host = host
+    # Added innermost first: the host check runs first, the body limit last.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    if settings.api_key:
+    app.add_middleware(JSONContentTypeMiddleware)
+    if settings.api_key is not None:  # ServerSettings refuses an empty key
         app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.trusted_hosts())
     errors.install(app)
     _add_routes(app, host)
     return app
+
+
+class HostCheckMiddleware(TrustedHostMiddleware):
+    """Starlette's Host header check (its patterns: exact names, '*.example.com', '*'), answering
+    OpenAI's error shape instead of plain text, and never redirecting."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        header = Headers(scope=scope).get("host", "")
+        host = _host_name(header)
+        if not host or not any(
+            host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:]))
+            for pattern in self.allowed_hosts
+        ):
+            error = APIError(
+                400,
+                f"the Host header {header[:100]!r} is not one this server answers to (localhost, "
+                "127.0.0.1, [::1], its --host address and the names given with --allowed-host); "
+                "start it with --allowed-host NAME to add the name clients use.",
+                code="invalid_host",
+            )
+            await error.response()(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, lowercased: 'Example.com:8080' -> 'example.com', '[::1]:80' -> '[::1]'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.partition(":")[0]
+
+
+class JSONContentTypeMiddleware:
+    """415 for a POST whose Content-Type is not JSON, before its body is read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            content_type = Headers(scope=scope).get("content-type", "")
+            media = content_type.partition(";")[0].strip().lower()
+            if media != "application/json" and not (
+                media.startswith("application/") and media.endswith("+json")
+            ):
+                got = repr(content_type) if content_type else "no Content-Type"
+                error = APIError(
+                    415,
+                    f"{scope['method']} {scope['path']} takes a JSON body sent with 'Content-Type: "
+                    f"application/json' (got {got}).",
+                    code="unsupported_media_type",
+                )
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class APIKeyMiddleware:
@@ -193,7 +265,11 @@ async def _start_generation(
     """
     settings = host.settings
     messages = await run_in_threadpool(
-        request.glmlab_messages, allow_urls=settings.allow_urls, max_input_pixels=settings.max_input_pixels
+        request.glmlab_messages,
+        allow_urls=settings.allow_urls,
+        allow_private_urls=settings.allow_private_urls,
+        max_url_bytes=settings.max_request_bytes,
+        max_input_pixels=settings.max_input_pixels,
     )
     with anyio.move_on_after(deadline - anyio.current_time()) as scope:
         await ticket.start_generation()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
@@ -82,14 +83,18 @@ def start(
 ) -> ServerThread:
     """Serve `source` (ServerSettings or a loaded VLM) from a background thread; returns the running server.
 
-    host, port: default the given settings' (port 0, a free one, when none were given).
+    host, port: default the given settings' (port 0, a free one, when none were given); a host
+    given here is checked like `ServerSettings.host` (beyond loopback it needs an API key).
     wait=True returns once the model is loaded and the server answers (a failed load stops it again).
     """
-    app = create_app(source, settings)
     given = settings or (source if isinstance(source, ServerSettings) else None)
+    if host is not None:
+        given = replace(given or ServerSettings(model=source.name), host=host)
+        source, settings = (given, None) if isinstance(source, ServerSettings) else (source, given)
+    app = create_app(source, settings)
     used = app.state.host.settings
     chosen_port = port if port is not None else (given.port if given else 0)
-    server = ServerThread(app, host or used.host, chosen_port).start()
+    server = ServerThread(app, used.host, chosen_port).start()
     if not wait:
         return server
     try:

@@ -3,7 +3,9 @@
 Its fields become the CLI flags (`glmlab/cli/serve.py` builds the options from `fields(ServerSettings)`
 and their `help` metadata), so the library and the command line cannot drift. Validation names the bad
 field. Safety defaults follow llama-cpp-python's server: loopback only, an optional API key, explicit
-limits on request size, image size, queue length and time.
+limits on request size, image size, queue length and time. Beyond loopback a key is required (or an
+explicit `no_auth`); Host headers are checked against loopback names, `host` and `allowed_hosts`
+(DNS rebinding); image URLs, when allowed, are fetched from public addresses only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from glmlab.errors import ConfigError
 from glmlab.images import DEFAULT_MAX_INPUT_PIXELS
 from glmlab.loading import DEFAULT_MODEL, DTYPES, QUANTIZE
+from glmlab.urls import is_loopback_host
 
 DTYPE_NAMES = ("auto", *DTYPES)  # glmlab.loading's choices, checked when the server starts
 QUANTIZE_NAMES = QUANTIZE
@@ -25,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "GLMLAB_API_KEY"
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+API_KEY = re.compile(r"^[!-~]+$")  # printable ASCII, no spaces: what a Bearer header carries intact
+HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _option(default, help: str, **extra):
@@ -50,13 +56,35 @@ class ServerSettings:
     )
     served_model_name: str | None = _option(None, "Name clients use for the base model (default: --model).")
     host: str = _option(
-        "127.0.0.1", "Address to listen on (loopback by default; set --api-key before listening on others)."
+        "127.0.0.1",
+        "Address to listen on (loopback by default; any other needs --api-key, or --no-auth).",
     )
     port: int = _option(8080, "Port to listen on (0: any free port).")
     api_key: str | None = _option(
         None, f"Require 'Authorization: Bearer KEY' on all routes but /health (env {API_KEY_ENV})."
     )
-    allow_urls: bool = _option(False, "Let requests reference http(s) images (data URLs are always allowed).")
+    no_auth: bool = _option(
+        False,
+        "Listen on a non-loopback --host without an API key: anyone who can reach the port can use "
+        "the model and load adapters.",
+    )
+    allowed_hosts: list[str] = _option(
+        list,
+        "Host header values to accept besides localhost, 127.0.0.1, [::1] and --host (repeatable; "
+        "'*.example.com' matches subdomains, '*' turns the check off). Guards against DNS rebinding.",
+        flag="--allowed-host",
+        metavar="HOST",
+    )
+    allow_urls: bool = _option(
+        False,
+        "Let requests reference http(s) images (data URLs are always allowed); the server fetches "
+        "them from public addresses only, within --max-request-bytes and 20 s.",
+    )
+    allow_private_urls: bool = _option(
+        False,
+        "With --allow-urls, also fetch from loopback, private and link-local addresses (an intranet); "
+        "cloud metadata addresses stay refused.",
+    )
     max_image_pixels: int | None = _option(
         None,
         "Largest image area the model sees after resizing (the latency lever; default: the checkpoint's).",
@@ -73,10 +101,11 @@ class ServerSettings:
     quantize: str | None = _option(None, "None | 8bit | 4bit (bitsandbytes, CUDA only).")
 
     def __post_init__(self) -> None:
-        if self.api_key is None and os.environ.get(API_KEY_ENV):
+        if self.api_key is None and API_KEY_ENV in os.environ:
             self.api_key = os.environ[API_KEY_ENV]
         self.adapters = dict(self.adapters)
         self.adapter_roots = [str(root) for root in self.adapter_roots]
+        self.allowed_hosts = [str(host).lower() for host in self.allowed_hosts]
         checks = [
             ("port", 0 <= self.port <= 65535, "between 0 and 65535"),
             ("max_concurrency", self.max_concurrency >= 1, "at least 1"),
@@ -96,18 +125,66 @@ class ServerSettings:
                 raise ConfigError(f"ServerSettings.{name}={getattr(self, name)!r}: must be {expected}.")
         for name in self.adapters:
             check_adapter_name(name)
-        if not is_loopback(self.host) and self.api_key is None:
-            logger.warning(
-                "serving on %s without an API key: anyone who can reach it can use the model; "
-                "set --api-key (or %s).",
-                self.host,
-                API_KEY_ENV,
+        for pattern in self.allowed_hosts:
+            if not HOST_PATTERN.match(pattern):
+                raise ConfigError(
+                    f"ServerSettings.allowed_hosts: {pattern!r} is not a host name; give a name or "
+                    "address as clients write it in URLs (no port), '*.example.com', or '*'."
+                )
+        if self.allow_private_urls and not self.allow_urls:
+            raise ConfigError(
+                "ServerSettings.allow_private_urls=True: only has a meaning with allow_urls=True."
             )
+        self._check_auth()
+
+    def _check_auth(self) -> None:
+        """An empty key would switch authentication off; beyond loopback a key (or no_auth) is required."""
+        source = f" (from {API_KEY_ENV})" if os.environ.get(API_KEY_ENV) == self.api_key else ""
+        if self.api_key is not None and not API_KEY.match(self.api_key):
+            problem = (
+                "is empty (an empty key would turn authentication off)"
+                if not self.api_key.strip()
+                else "holds spaces or non-ASCII characters (a Bearer header cannot carry them intact)"
+            )
+            raise ConfigError(
+                f"ServerSettings.api_key{source} {problem}. Give a key of printable ASCII characters (e.g. from `python -c 'import secrets; "
+                "print(secrets.token_urlsafe())'`), or unset it."
+            )
+        if self.no_auth and self.api_key is not None:
+            raise ConfigError(f"ServerSettings.no_auth=True and an api_key{source} are both set; drop one.")
+        if is_loopback_host(self.host) or self.api_key is not None:
+            return
+        if not self.no_auth:
+            raise ConfigError(
+                f"ServerSettings.host={self.host!r}: listening beyond loopback needs an API key: set "
+                f"--api-key (or {API_KEY_ENV}), or pass --no-auth to serve to anyone who can reach it."
+            )
+        logger.warning(
+            "AUTHENTICATION IS OFF (--no-auth): anyone who can reach %s:%s can use the model and load "
+            "adapters.",
+            self.host,
+            self.port,
+        )
 
     @property
     def base_model_name(self) -> str:
         """The `model` value that selects the base model (no adapter)."""
         return self.served_model_name or self.model
+
+    def trusted_hosts(self) -> list[str]:
+        """Host header values the server answers: loopback names, `host` itself and `allowed_hosts`."""
+        hosts = list(LOOPBACK_HOSTS)
+        listening = self.host.lower()
+        try:
+            address = ipaddress.ip_address(listening)
+        except ValueError:
+            address = None
+        if address is not None and address.version == 6:
+            listening = f"[{listening}]"
+        if not (address is not None and address.is_unspecified):  # 0.0.0.0 / :: name no host
+            hosts.append(listening)
+        hosts += self.allowed_hosts
+        return list(dict.fromkeys(hosts))
 
     def allowed_adapter_roots(self) -> list[Path]:
         """Resolved folders under which adapters may be loaded at run time (symlinks followed)."""
@@ -143,12 +220,3 @@ def parse_adapter_args(values: list[str]) -> dict[str, str]:
             raise ConfigError(f"--adapter {value}: the name {name!r} is given twice.")
         adapters[name] = path
     return adapters
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -34,7 +34,15 @@ INSTALL_HINT = (
 )
 
 # glmlab server limits with no `vllm serve` counterpart (vLLM has its own defaults for these)
-VLLM_IGNORES = ("allow_urls", "max_input_pixels", "max_request_bytes", "max_concurrency", "timeout_s")
+VLLM_IGNORES = (
+    "allow_urls",
+    "allow_private_urls",
+    "allowed_hosts",
+    "max_input_pixels",
+    "max_request_bytes",
+    "max_concurrency",
+    "timeout_s",
+)
 
 
 @dataclass
