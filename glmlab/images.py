@@ -100,12 +100,22 @@ def describe(source: Any) -> str:
     return type(source).__name__
 
 
-def image_to_data_url(image: Image.Image, fmt: str = "PNG") -> str:
-    """Encode a PIL image as a base64 data URL (what OpenAI-style servers take)."""
+def encode_image(image: Image.Image, fmt: str = "PNG") -> bytes:
+    """The image's bytes in `fmt`. PNG (the default) is lossless, and byte-identical for identical pixels."""
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of an image: how glmlab stores, caches and shows images it did not read as bytes."""
+    return encode_image(image, "PNG")
+
+
+def image_to_data_url(image: Image.Image, fmt: str = "PNG") -> str:
+    """Encode a PIL image as a base64 data URL (what OpenAI-style servers take)."""
     mime = "jpeg" if fmt.upper() in ("JPG", "JPEG") else fmt.lower()
-    return f"data:image/{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"data:image/{mime};base64," + base64.b64encode(encode_image(image, fmt)).decode("ascii")
 
 
 # ---- strings and paths ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from PIL import Image
 
 from glmlab.data.records import RecordError, json_default, normalise_row, row_label
 from glmlab.errors import ConfigError, InputError
-from glmlab.images import to_pil_list
+from glmlab.images import encode_png, to_pil_list
 
 logger = logging.getLogger(__name__)
 
@@ -315,5 +315,5 @@ def _write_image(value: Any, out_dir: Path, stem: str) -> str:
     if len(images) != 1:
         raise InputError(f"record {stem!r}: an image value holds {len(images)} images; give them one by one.")
     target = out_dir / IMAGE_DIR / f"{stem}.png"
-    images[0].save(target, format="PNG")
+    target.write_bytes(encode_png(images[0]))
     return target.relative_to(out_dir).as_posix()

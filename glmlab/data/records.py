@@ -18,7 +18,6 @@ lets a loader count skipped rows by kind, and whose message names the row and th
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -32,7 +31,7 @@ import pandas as pd
 from PIL import Image
 
 from glmlab.errors import InputError
-from glmlab.images import to_pil
+from glmlab.images import encode_png, to_pil
 
 ROLES = ("system", "user", "assistant")
 RECORD_KEYS = ("id", "image", "images", "question", "answer", "messages", "metadata")
@@ -309,10 +308,3 @@ def _image_cells(value: Any, image_root: Path | None) -> list[dict[str, Any]]:
     if isinstance(value, Path | bytes) and len(images) == 1 and images[0].format in _KEEP_BYTES_FORMATS:
         return [{"bytes": value.read_bytes() if isinstance(value, Path) else value, "path": None}]
     return [{"bytes": encode_png(image), "path": None} for image in images]
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """PNG bytes of an image (lossless, and byte-identical for identical pixels)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

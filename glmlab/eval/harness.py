@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
-import io
 import logging
 import platform
 import re
@@ -43,6 +42,7 @@ from glmlab.eval.run import (
 from glmlab.eval.samples import EvalSample, SampleSet, load_samples
 from glmlab.eval.scoring import score_answer
 from glmlab.eval.suite import Suite
+from glmlab.images import encode_png
 
 logger = logging.getLogger(__name__)
 
@@ -347,9 +347,7 @@ def _thumbnail(sample_set: SampleSet, sample: EvalSample) -> tuple[str, bytes] |
         return None
     image = images[0].convert("RGB")
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return re.sub(r"[^A-Za-z0-9._-]", "_", sample.id) + ".png", buffer.getvalue()
+    return re.sub(r"[^A-Za-z0-9._-]", "_", sample.id) + ".png", encode_png(image)
 
 
 def _stored_thumbnails(folder: Path | None, rows: list[dict], new: dict[str, bytes]) -> dict[str, bytes]:

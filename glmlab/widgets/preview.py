@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from PIL import Image, ImageDraw
 
 from glmlab.answer import box_to_pixels
-from glmlab.data.records import encode_png
+from glmlab.images import encode_png
 
 THUMBNAIL_PX = 224  # longest side of a preview, in pixels
 BOX_COLOUR = (230, 25, 75)
