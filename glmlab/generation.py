@@ -1,6 +1,7 @@
-"""Generation settings and the small pieces around `model.generate`: timing, stopping, streaming.
+"""The small pieces around `model.generate`: its GenerationConfig, timing, stopping, streaming.
 
-Defaults are layered so a user can see where each came from: the model card's recommended sampling,
+The per-call options themselves are `glmlab.settings.GenerationSettings`, plain data kept apart from
+this module so that eval suites validate them without importing torch. Defaults are layered so a user can see where each came from: the model card's recommended sampling,
 then the checkpoint's own generation_config, then what the caller passed.
 """
 
