@@ -25,8 +25,6 @@ import glmlab
 from glmlab.data import generate, save_records
 from glmlab.errors import ConfigError
 from glmlab.eval import EvalRun, Suite, evaluate
-from glmlab.eval.extract import get_extractor
-from glmlab.eval.metrics import aggregate_metric, get_metric
 
 QUIET = {"progress": False}
 
@@ -67,22 +65,6 @@ def script(model, text: str, *, thinking: bool | None = False) -> None:
             embeddings[current].zero_()
             embeddings[current, dimension] = 1.0  # one direction per chain token
             network.lm_head.weight[following, dimension] = 10.0
-
-
-def expected_summary(suite: Suite, raw: str, records: list[dict], references=None) -> dict[str, dict]:
-    """Each metric's aggregate computed directly from the metric functions (no harness)."""
-    references = references or [[record["answer"]] for record in records]
-    result = {}
-    for metric in suite.metrics:
-        extracted = get_extractor(metric.extract or suite.extract)(raw)
-        scores = []
-        for record, refs in zip(records, references, strict=True):
-            options = {**metric.options}
-            for option, field in metric.per_sample.items():
-                options[option] = record["metadata"][field]
-            scores.append(get_metric(metric.name)(extracted, refs, **options))
-        result[metric.name] = aggregate_metric(metric.name, scores)
-    return result
 
 
 def summary_values(run: EvalRun) -> dict[str, dict]:
@@ -146,7 +128,15 @@ def test_medical_vqa_takes_its_question_type_from_each_sample(scripted):
     suite = Suite.from_yaml(EVAL_DIR / "medical-phantoms.yaml", overrides=overrides)
     run = evaluate(suite, scripted, limit=10, **QUIET)
     records = generate("medical-phantoms", 10, seed=1000, size=128, max_lesions=3)
-    assert summary_values(run)["medical_vqa"] == expected_summary(suite, "yes", records)["medical_vqa"]
+    # "yes" is right on the one closed question answered "yes" of six, and recalls no open answer's token
+    closed = [r["answer"] for r in records if r["metadata"]["answer_type"] == "closed"]
+    assert (len(closed), closed.count("yes")) == (6, 1)
+    assert summary_values(run)["medical_vqa"] == {
+        "closed_count": 6,
+        "closed_accuracy": 1 / 6,
+        "open_count": 4,
+        "open_recall": 0.0,
+    }
     assert run.samples["extracted"].tolist() == ["yes"] * 10
     assert run.samples["answer_type"].tolist() == [r["metadata"]["answer_type"] for r in records]
     assert set(run.breakdown("question_type")["question_type"]) == {

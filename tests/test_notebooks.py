@@ -92,5 +92,19 @@ def test_notebook_runs_top_to_bottom_offline(path, glmlab_home, tmp_path):
         resources={"metadata": {"path": str(tmp_path)}},
     )  # run in a scratch folder
     client.execute()  # raises CellExecutionError, naming the cell, on the first error
-    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert code[-1].execution_count is not None  # every cell ran, to the last
+    code = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.strip()]
+    silent = [index for index, cell in enumerate(code) if not cell.outputs and _shows_something(cell.source)]
+    assert silent == [], f"{path.name}: code cells {silent} end in an expression but displayed nothing"
+    stderr = "".join(
+        output.get("text", "") for cell in code for output in cell.outputs if output.get("name") == "stderr"
+    )
+    assert "Traceback" not in stderr, f"{path.name}: a cell printed a traceback:\n{stderr[-2000:]}"
+
+
+def _shows_something(source: str) -> bool:
+    """Whether a cell ends in a value Jupyter displays: a name, attribute or item (a call may return None)."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    body = ast.parse("\n".join(lines)).body
+    if not body or not isinstance(body[-1], ast.Expr) or source.rstrip().endswith(";"):
+        return False
+    return isinstance(body[-1].value, ast.Name | ast.Attribute | ast.Subscript | ast.Tuple)
