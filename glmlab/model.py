@@ -9,7 +9,9 @@ by `glmlab.generation`, and answers parsed by `glmlab.answer`; this module only 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +85,10 @@ class VLM:
         self.adapters: dict[str, str] = {}
         self.active_adapter: str | None = None
         self._peft: Any = None  # the PeftModel that manages injected adapters, once one is loaded
+        # adapter name -> the name peft knows it by: each load gets its own, so a replacement is loaded
+        # beside the adapter it replaces and swapped in only once it loaded in full
+        self._slots: dict[str, str] = {}
+        self._slot_ids = itertools.count()
         self._adapter_loads = 0  # bumped by every adapter load/unload: part of each prefix-cache key
         self.lock = threading.RLock()
         self.image_token_id = model.config.image_token_id
@@ -412,47 +418,99 @@ class VLM:
 
     # ---- adapters ------------------------------------------------------------------------------
 
-    def load_adapter(self, path: str | Path, name: str | None = None, *, activate: bool = True) -> str:
+    def load_adapter(
+        self, path: str | Path, name: str | None = None, *, activate: bool = True, replace: bool = False
+    ) -> str:
         """Load a PEFT LoRA adapter (safetensors only) under `name` (default: the folder's name).
 
-        Adapters are injected with peft itself (not transformers' wrappers, which demand a newer peft),
-        so `self.model` stays the plain model class; several adapters stay loaded side by side.
+        A transaction: the folder is checked before the model is touched (`check_for_loading`: plain LoRA,
+        no initialisation that rewrites base weights, no structural option, rank at most MAX_LORA_RANK,
+        every tensor's name and shape against this model), loaded under a fresh internal name, and only
+        then put under `name` (replacing the adapter of that name when `replace`). On any failure the
+        model, its adapters and the active one are exactly as before, and the error is an AdapterError
+        that says why. Adapters are injected with peft itself (not transformers' wrappers, which demand a
+        newer peft), so `self.model` stays the plain model class; several adapters stay loaded side by side.
         """
-        from peft import PeftModel
+        from glmlab.export.adapters import check_for_loading, inspect_adapter
 
         path = Path(path).expanduser()
-        check_adapter_folder(path)
         name = name or path.name
-        if name in self.adapters:
-            raise AdapterError(
-                f"adapter name {name!r} is already loaded (from {self.adapters[name]}); "
-                "unload it first or choose another name."
-            )
         with self.lock:
-            try:
-                if self._peft is None:
-                    self._peft = PeftModel.from_pretrained(
-                        self.model, str(path), adapter_name=name, is_trainable=False
-                    )
-                else:
-                    self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-            except (ValueError, KeyError, RuntimeError, OSError) as error:
+            if name in self.adapters and not replace:
                 raise AdapterError(
-                    f"{path}: could not be loaded as a LoRA adapter for {self.name} ({error})."
-                ) from None
-            self.adapters[name] = str(path)
+                    f"adapter name {name!r} is already loaded (from {self.adapters[name]}); "
+                    "unload it first, choose another name, or pass replace=True."
+                )
+            info = inspect_adapter(path)
+            check_for_loading(info, self._base_modules())
+            slot = f"glmlab_{next(self._slot_ids)}"
+            self._inject(info, slot)
+            old = self._slots.get(name)
+            self._slots[name], self.adapters[name] = slot, str(path)
             self._adapter_loads += 1
             self.prefix_cache.clear()  # their keys can no longer match: free the memory
+            if old is not None:
+                self._peft.delete_adapter(old)
             self.set_adapter(name if activate else self.active_adapter)
         logger.info("loaded adapter %r from %s", name, path)
         return name
+
+    def _base_modules(self) -> dict[str, Any]:
+        """The base model's modules by name, peft's wrappers seen through to the layers they wrap."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        modules: dict[str, Any] = {}
+        inside: list[str] = []  # names of wrappers: what lies under them is peft's, not the model's
+        for name, module in self.model.named_modules():
+            if any(name.startswith(prefix) for prefix in inside):
+                continue
+            if isinstance(module, BaseTunerLayer):
+                module, _ = module.get_base_layer(), inside.append(name + ".")
+            elif isinstance(module, AuxiliaryTrainingWrapper):
+                module, _ = module.original_module, inside.append(name + ".")
+            modules[name] = module
+        return modules
+
+    def _inject(self, info: Any, slot: str) -> None:
+        """Add the checked adapter to the model as peft adapter `slot`, or leave everything as it was."""
+        from peft import LoraConfig, PeftModel
+
+        try:
+            config = LoraConfig.from_peft_type(**info.config)
+        except (TypeError, ValueError, KeyError, ImportError) as error:
+            raise AdapterError(
+                f"{info.path}: adapter_config.json is not a valid LoRA config ({error})."
+            ) from None
+        config.inference_mode = True
+        before = _PeftState.of(self.model, self._peft)
+        peft = self._peft
+        try:
+            if peft is None:
+                peft = PeftModel(self.model, config, adapter_name=slot)
+            else:
+                peft.add_adapter(slot, config)
+            result = peft.load_adapter(str(info.path), slot, is_trainable=False)
+            _check_loaded(info, peft, slot, result)
+        except BaseException as error:
+            before.restore(self.model, self._peft, slot)
+            self.set_adapter(self.active_adapter)
+            if not isinstance(error, Exception):
+                raise
+            if isinstance(error, AdapterError):
+                raise
+            raise AdapterError(
+                f"{info.path}: could not be loaded as a LoRA adapter for {self.name} "
+                f"({type(error).__name__}: {error}); nothing was changed."
+            ) from error
+        self._peft = peft
 
     def set_adapter(self, name: str | None) -> None:
         """Make `name` the adapter every call uses by default; None for the base model."""
         with self.lock:
             if name is not None:
                 self._check_adapter(name)
-                self._peft.set_adapter(name)
+                self._peft.set_adapter(self._slots[name])
                 self._peft.base_model.enable_adapter_layers()
             elif self._peft is not None:
                 self._peft.base_model.disable_adapter_layers()
@@ -462,7 +520,7 @@ class VLM:
         """Remove an adapter; with the last one gone the model is exactly the base model again."""
         with self.lock:
             self._check_adapter(name)
-            self._peft.delete_adapter(name)
+            self._peft.delete_adapter(self._slots.pop(name))
             del self.adapters[name]
             self._adapter_loads += 1
             self.prefix_cache.clear()
@@ -528,6 +586,89 @@ def check_adapter_folder(path: Path) -> None:
             else ""
         )
         raise AdapterError(f"{path}: no adapter_model.safetensors{pickled}; save adapters with safetensors.")
+
+
+@dataclass
+class _PeftState:
+    """What an adapter load may change in the model, taken before it, so a failed load can be undone."""
+
+    wrappers: set[str]  # names of the peft wrapper modules already in the model
+    requires_grad: list[tuple[Any, bool]]
+    training: bool
+    had_peft_config: bool
+    peft_active: Any  # the PeftModel's active adapter (None: no PeftModel yet)
+
+    @classmethod
+    def of(cls, model: Any, peft: Any) -> _PeftState:
+        return cls(
+            wrappers={name for name, module in model.named_modules() if _is_peft_wrapper(module)},
+            requires_grad=[(parameter, parameter.requires_grad) for parameter in model.parameters()],
+            training=model.training,
+            had_peft_config=hasattr(model, "peft_config"),
+            peft_active=None if peft is None else peft.active_adapter,
+        )
+
+    def restore(self, model: Any, peft: Any, slot: str) -> None:
+        """Remove every trace of peft adapter `slot`, including what a half-done injection left: wrappers
+        made for it are replaced by the layers they wrap, older wrappers lose only `slot`."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in list(model.named_modules()):
+            if not _is_peft_wrapper(module):
+                continue
+            if name not in self.wrappers:
+                unwrapped = (
+                    module.get_base_layer() if isinstance(module, BaseTunerLayer) else module.original_module
+                )
+                parent, _, child = name.rpartition(".")
+                setattr(model.get_submodule(parent), child, unwrapped)
+            elif isinstance(module, BaseTunerLayer):
+                module.delete_adapter(slot)
+            else:
+                others = [adapter for adapter in module.active_adapters if adapter != slot]
+                module.delete_adapter(slot, new_active_adapters=others or None)
+        if peft is not None:
+            peft.peft_config.pop(slot, None)
+            peft.set_adapter(self.peft_active)
+        elif not self.had_peft_config and hasattr(model, "peft_config"):
+            del model.peft_config
+        for parameter, requires_grad in self.requires_grad:
+            parameter.requires_grad_(requires_grad)
+        model.train(self.training)
+
+
+def _is_peft_wrapper(module: Any) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper)
+
+
+def _check_loaded(info: Any, peft: Any, slot: str, result: Any) -> None:
+    """peft loaded every weight the adapter's config asks for, used every tensor of the file, and the
+    weights are finite numbers (NaN or infinite LoRA weights would poison every answer)."""
+    from glmlab.export.adapters import module_name
+
+    tag = re.compile(rf"\.{re.escape(slot)}(?=\.|$)")
+
+    def module_of(key: str) -> str:
+        return module_name(tag.sub("", key))
+
+    if result.missing_keys:
+        missing = sorted({module_of(key) for key in result.missing_keys})
+        raise AdapterError(
+            f"{info.path}: target_modules selects {len(missing)} module(s) the file has no weights for "
+            f"(first: {missing[0]}); the adapter does not match its own config."
+        )
+    if result.unexpected_keys:
+        unused = sorted({module_of(key) for key in result.unexpected_keys})
+        raise AdapterError(
+            f"{info.path}: the file has weights for {len(unused)} module(s) target_modules does not select "
+            f"(first: {unused[0]}); the adapter does not match its own config."
+        )
+    for key, parameter in peft.named_parameters():
+        if tag.search(key) and not torch.isfinite(parameter).all():
+            raise AdapterError(f"{info.path}: the weights of {module_of(key)} hold NaN or infinite values.")
 
 
 def _eos_ids(model: Any) -> set[int]:

@@ -31,6 +31,7 @@ def make_adapter(
     rank: int = 4,
     vision: bool = False,
     target_modules: str | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> Path:
     """A PEFT LoRA adapter for the tiny checkpoint at `base`, saved with safetensors to `out`."""
     import torch
@@ -40,12 +41,15 @@ def make_adapter(
     torch.manual_seed(seed)  # peft initialises lora_A randomly
     model = AutoModelForImageTextToText.from_pretrained(base)
     targets = target_modules or (f"({TEXT_TARGETS}|{VISION_TARGETS})" if vision else TEXT_TARGETS)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, modules_to_save=modules_to_save)
+    peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+            elif ".modules_to_save." in name:  # the adapter's own copy of a module: changed, so it shows
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
     peft_model.save_pretrained(out, safe_serialization=True)
     return out
 

@@ -1,22 +1,58 @@
-"""What a LoRA adapter folder holds, and what of it vLLM can serve.
+"""What a LoRA adapter folder holds, whether glmlab may load it, and what of it vLLM can serve.
 
 `inspect_adapter` reads an adapter without loading a model: its rank (largest of `r` and
-`rank_pattern`), the modules its safetensors weights adapt (by their transformers names), and its base
-model (glmlab.json beside it, written by glmlab's training, else adapter_config.json). `vllm_modules`
-sorts those modules the way vLLM's Glm4vForConditionalGeneration will treat them: LoRA on the
-language model only (its vision tower is not LoRA-enabled), ranks up to 512.
+`rank_pattern`), the modules its safetensors weights adapt (by their transformers names), each tensor's
+shape and dtype (from the safetensors header, no tensor data read), and its base model (glmlab.json
+beside it, written by glmlab's training, else adapter_config.json). `check_for_loading` decides, before
+the model is touched, whether `VLM.load_adapter` may inject it: plain LoRA only, nothing that rewrites
+the base weights or the model's structure, rank at most `MAX_LORA_RANK`, every tensor named after a
+linear layer of the base model with the shapes that layer and the rank require. `vllm_modules` sorts
+the modules the way vLLM's Glm4vForConditionalGeneration will treat them: LoRA on the language model
+only (its vision tower is not LoRA-enabled), ranks up to 512.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from glmlab.errors import AdapterError, ConfigError
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
+# The largest LoRA rank glmlab loads: an adapter's memory grows with its rank, and an adapter a server
+# cannot hand on to vLLM (whose limit this is) is not worth the memory either.
+MAX_LORA_RANK = VLLM_LORA_RANKS[-1]
+# init_lora_weights values that only initialise the LoRA factors (which the saved weights then replace).
+# Every other value (pissa, pissa_niter_N, olora, corda, loftq, eva, orthogonal, lora_ga, mica, ...)
+# is refused: several rewrite the base weights at load time, which unloading does not undo.
+PLAIN_INITS = (True, False, "gaussian")
+# LoraConfig options that change the model's structure, a layer's computation or the base weights, with
+# what each does; an adapter that sets any of them is refused (glmlab loads plain LoRA only).
+STRUCTURAL_OPTIONS = {
+    "layer_replication": "duplicates decoder layers",
+    "megatron_config": "builds Megatron parallel layers",
+    "trainable_token_indices": "trains embedding rows",
+    "target_parameters": "wraps raw parameters",
+    "use_dora": "is a DoRA adapter (weight-decomposed LoRA)",
+    "lora_bias": "adds a bias to lora_B",
+    "alora_invocation_tokens": "is an activated LoRA (aLoRA)",
+    "use_qalora": "is a QA-LoRA adapter",
+    "velora_config": "is a VeLoRA adapter",
+    "monteclora_config": "is a MonteCLoRA adapter",
+    "kasa_config": "is a KaSA adapter (truncates the base weights)",
+    "lora_ga_config": "is a LoRA-GA adapter (rewrites the base weights)",
+    "use_bdlora": "is a block-diagonal LoRA",
+    "arrow_config": "routes between adapters (Arrow)",
+    "ensure_weight_tying": "ties adapters across tied layers",
+}
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names a LoRA factor may have
+PEFT_PREFIX = "base_model.model."  # how PEFT names every saved tensor
+_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<factor>lora_A|lora_B)\.weight$")
 TEXT_LAYERS = "model.language_model.layers."
 VISION_PREFIX = "model.visual."
 # Glm4v text decoder linears vLLM accepts LoRA on (q/k/v are packed into qkv_proj by vLLM itself).
@@ -44,6 +80,8 @@ class AdapterInfo:
     rank: int
     # adapted modules, by their transformers names ("model.language_model.layers.0.self_attn.q_proj")
     modules: list[str]
+    shapes: dict[str, tuple[int, ...]]  # safetensors key -> shape, from the header
+    dtypes: dict[str, str]  # safetensors key -> dtype name ("F32", "BF16", ...)
 
     def require_base(self, model: str | None = None) -> str:
         """`model` if given, else the adapter's own base model; an error naming the fix when neither."""
@@ -58,7 +96,7 @@ class AdapterInfo:
 
 def inspect_adapter(path: str | Path) -> AdapterInfo:
     """Read an adapter folder (safetensors only: pickled weights are refused)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from glmlab.model import check_adapter_folder
 
@@ -66,13 +104,165 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
     check_adapter_folder(folder)
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
+        shapes, dtypes = {}, {}
+        # safe_open parses and checks the header (offsets against the file's size) without reading data
         with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as weights:
-            keys = sorted(weights.keys())
-    except (OSError, ValueError) as error:
+            for key in sorted(weights.keys()):
+                tensor = weights.get_slice(key)
+                shapes[key], dtypes[key] = tuple(tensor.get_shape()), tensor.get_dtype()
+    except (OSError, ValueError, SafetensorError) as error:
         raise AdapterError(f"{folder}: unreadable adapter files ({error}).") from None
-    ranks = [int(config.get("r", 0)), *(int(value) for value in (config.get("rank_pattern") or {}).values())]
-    modules = sorted({module_name(key) for key in keys})
-    return AdapterInfo(folder, config, base_model_of(folder, config), max(ranks), modules)
+    if not isinstance(config, dict):
+        raise AdapterError(f"{folder}: adapter_config.json is not a JSON object.")
+    modules = sorted({module_name(key) for key in shapes})
+    return AdapterInfo(
+        folder, config, base_model_of(folder, config), _rank(folder, config), modules, shapes, dtypes
+    )
+
+
+def _rank(folder: Path, config: dict) -> int:
+    """The largest of `r` and the `rank_pattern` values; each must be a positive integer."""
+    pattern = config.get("rank_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise AdapterError(f"{folder}: adapter_config.json's rank_pattern is not a mapping.")
+    ranks = {"r": config.get("r", 8), **{f"rank_pattern[{key!r}]": value for key, value in pattern.items()}}
+    for field, value in ranks.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AdapterError(
+                f"{folder}: adapter_config.json's {field} is {value!r}, not a positive integer."
+            )
+    return max(ranks.values())
+
+
+def check_for_loading(
+    info: AdapterInfo, modules: Mapping[str, Any], *, max_rank: int = MAX_LORA_RANK
+) -> None:
+    """Refuse, before the model is touched, an adapter that `VLM.load_adapter` must not inject.
+
+    `modules`: the base model's modules by name, PEFT's wrappers seen through to the layers they wrap.
+    Every refusal is an AdapterError that names the file, the field or tensor, and the reason.
+    """
+    _check_lora_config(info, max_rank)
+    _check_lora_tensors(info, modules)
+
+
+def _check_lora_config(info: AdapterInfo, max_rank: int) -> None:
+    config, where = info.config, f"{info.path}: adapter_config.json"
+    if config.get("peft_type") != "LORA":
+        raise AdapterError(
+            f'{where}: peft_type is {config.get("peft_type")!r}; glmlab loads LoRA adapters only ("LORA").'
+        )
+    init = config.get("init_lora_weights", True)
+    if not any(init is plain if isinstance(plain, bool) else init == plain for plain in PLAIN_INITS):
+        raise AdapterError(
+            f"{where}: init_lora_weights is {init!r}; glmlab loads adapters with plain initialisation only "
+            '(true, false or "gaussian"): PiSSA, OLoRA, CorDA, LoftQ and the other initialisations rewrite '
+            "the base model's weights as they load. Save it as plain LoRA first (peft's save_pretrained(..., "
+            "path_initial_model_for_weight_conversion=...)), or retrain with init_lora_weights=true."
+        )
+    if config.get("bias", "none") != "none":
+        raise AdapterError(
+            f"{where}: bias is {config['bias']!r}; the adapter carries the base model's own biases, which "
+            'loading would overwrite. glmlab loads adapters with bias "none" only.'
+        )
+    for option, what in STRUCTURAL_OPTIONS.items():
+        if config.get(option):
+            raise AdapterError(
+                f"{where}: {option} is set (the adapter {what}); glmlab loads plain LoRA adapters only. "
+                f"Retrain without {option}."
+            )
+    if info.rank > max_rank:
+        raise AdapterError(
+            f"{where}: rank {info.rank} is above the largest glmlab loads ({max_rank}); retrain with a smaller r."
+        )
+    alphas = {"lora_alpha": config.get("lora_alpha", 8)}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    if not isinstance(alpha_pattern, dict):
+        raise AdapterError(f"{where}: alpha_pattern is not a mapping.")
+    alphas.update({f"alpha_pattern[{key!r}]": value for key, value in alpha_pattern.items()})
+    for field, value in alphas.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise AdapterError(f"{where}: {field} is {value!r}, not a finite number.")
+
+
+def _check_lora_tensors(info: AdapterInfo, modules: Mapping[str, Any]) -> None:
+    """Every tensor is a LoRA factor of a linear layer of the base model (or an entry of a modules_to_save
+    module's copy), with the shape that layer and the rank require; every factor has its partner."""
+    if not info.shapes:
+        raise AdapterError(f"{info.path}: adapter_model.safetensors holds no tensors.")
+    factors: dict[str, set[str]] = {}
+    for key, shape in info.shapes.items():
+        where = f"{info.path}: tensor {key!r}"
+        if info.dtypes[key] not in FLOAT_DTYPES:
+            raise AdapterError(
+                f"{where} has dtype {info.dtypes[key]}; LoRA weights are {'/'.join(FLOAT_DTYPES)}."
+            )
+        if not key.startswith(PEFT_PREFIX):
+            raise AdapterError(f"{where}: not a PEFT tensor name (they start with {PEFT_PREFIX!r}).")
+        name = key.removeprefix(PEFT_PREFIX)
+        match = _LORA_KEY.match(name)
+        if match is None:
+            _check_saved_module_tensor(info, where, name, shape, modules)
+            continue
+        module_name, factor = match["module"], match["factor"]
+        expected = _factor_shape(info, where, module_name, factor, modules)
+        if shape != expected:
+            raise AdapterError(
+                f"{where} has shape {list(shape)}; {module_name} with this adapter's rank needs {list(expected)}."
+            )
+        factors.setdefault(module_name, set()).add(factor)
+    for module_name, found in factors.items():
+        if found != {"lora_A", "lora_B"}:
+            (missing,) = {"lora_A", "lora_B"} - found
+            raise AdapterError(f"{info.path}: {module_name} has a {found.pop()} tensor but no {missing}.")
+
+
+def _factor_shape(
+    info: AdapterInfo, where: str, module_name: str, factor: str, modules: Mapping[str, Any]
+) -> tuple[int, int]:
+    """lora_A is (rank, in_features), lora_B (out_features, rank), the rank after rank_pattern."""
+    import torch
+    from peft.utils.other import get_pattern_key  # peft's own rule, so the rank is the one it will build
+
+    module = modules.get(module_name)
+    if module is None:
+        raise AdapterError(f"{where}: the base model has no module {module_name!r}.")
+    if not isinstance(module, torch.nn.Linear):
+        raise AdapterError(
+            f"{where}: {module_name} is a {type(module).__name__}; glmlab loads LoRA on linear layers only."
+        )
+    pattern = info.config.get("rank_pattern") or {}
+    try:
+        rank = pattern.get(get_pattern_key(list(pattern), module_name), info.config.get("r", 8))
+    except re.error as error:
+        raise AdapterError(
+            f"{info.path}: adapter_config.json: a rank_pattern key is not a regex ({error})."
+        ) from None
+    return (rank, module.in_features) if factor == "lora_A" else (module.out_features, rank)
+
+
+def _check_saved_module_tensor(
+    info: AdapterInfo, where: str, name: str, shape: tuple[int, ...], modules: Mapping[str, Any]
+) -> None:
+    """An entry of a modules_to_save module's own copy, shaped like the base module's entry."""
+    saved = info.config.get("modules_to_save") or []
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # the innermost module named by modules_to_save (peft's rule)
+        module_name, entry = ".".join(parts[:cut]), ".".join(parts[cut:])
+        if module_name in modules and any(module_name.endswith(suffix) for suffix in saved):
+            break
+    else:
+        raise AdapterError(
+            f"{where}: neither a LoRA factor (<module>.lora_A.weight, <module>.lora_B.weight) of a base-model "
+            "layer nor an entry of a modules_to_save module."
+        )
+    own = modules[module_name].state_dict()
+    if entry not in own:
+        raise AdapterError(f"{where}: {module_name} has no entry {entry!r}.")
+    if tuple(own[entry].shape) != shape:
+        raise AdapterError(
+            f"{where} has shape {list(shape)}; {module_name}.{entry} is {list(own[entry].shape)}."
+        )
 
 
 def base_model_of(folder: Path, config: dict | None = None) -> str | None:

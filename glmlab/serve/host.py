@@ -4,7 +4,7 @@ It loads the model in a background thread (the server answers 503 until it is re
 `max_concurrency` requests (queued + running; more get 429), lets one generation run at a time (the
 VLM's lock would serialise them anyway; queueing here, on the event loop, makes the wait cancellable
 and the queue countable), and guards run-time adapter loading: safetensors folders under the allowed
-roots only, symlinks resolved, no `..`.
+roots only, symlinks resolved, no `..`; each load (or replacement) is a transaction of `VLM.load_adapter`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from glmlab.errors import GlmlabError
+from glmlab.errors import AdapterError, GlmlabError
 from glmlab.serve.errors import APIError, model_not_found
 from glmlab.serve.settings import ServerSettings, check_adapter_name
 
@@ -164,25 +164,21 @@ class ModelHost:
                 param="lora_name",
             )
         folder = self.checked_adapter_path(path)
-        if name in vlm.adapters:
-            if not replace:
-                raise APIError(
-                    400,
-                    f"an adapter named {name!r} is already loaded; unload it first "
-                    "(POST /v1/unload_lora_adapter) or pass load_inplace=true.",
-                    code="adapter_exists",
-                    param="lora_name",
-                )
-            with vlm.lock:  # no request runs between the unload and the load
-                previous = vlm.adapters[name]
-                vlm.unload_adapter(name)
-                try:
-                    vlm.load_adapter(folder, name, activate=False)
-                except GlmlabError:
-                    vlm.load_adapter(previous, name, activate=False)  # a failed replacement keeps the old one
-                    raise
-        else:
-            vlm.load_adapter(folder, name, activate=False)
+        if name in vlm.adapters and not replace:
+            raise APIError(
+                400,
+                f"an adapter named {name!r} is already loaded; unload it first "
+                "(POST /v1/unload_lora_adapter) or pass load_inplace=true.",
+                code="adapter_exists",
+                param="lora_name",
+            )
+        try:  # a transaction: a failed load (or replacement) leaves every adapter as it was
+            vlm.load_adapter(folder, name, activate=False, replace=replace)
+        except AdapterError as error:
+            reason = str(error).removeprefix(f"{folder}: ")
+            raise APIError(
+                400, f"lora_path {path!r}: {reason}", code="invalid_adapter", param="lora_path"
+            ) from None
         logger.info("loaded adapter %r from %s", name, folder)
         return name
 
