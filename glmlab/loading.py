@@ -189,3 +189,16 @@ def _load_error(model: str | Path, source: str, error: Exception) -> ModelLoadEr
         f"(random weights), or download the model on a connected machine (huggingface-cli download {model} "
         "--local-dir DIR) and pass that folder: glmlab.load('DIR')."
     )
+
+
+def base_config(model: str):
+    """The base model's transformers config (local folder, 'tiny', or hub id from the cache/hub)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_source(model))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(
+            f"{model}: the base model's config could not be read ({error}); pass --model with "
+            "a local checkpoint folder or a hub id reachable from here."
+        ) from None

@@ -431,7 +431,7 @@ class VLM:
         that says why. Adapters are injected with peft itself (not transformers' wrappers, which demand a
         newer peft), so `self.model` stays the plain model class; several adapters stay loaded side by side.
         """
-        from glmlab.export.adapters import check_for_loading, inspect_adapter
+        from glmlab.adapters import check_for_loading, inspect_adapter
 
         path = Path(path).expanduser()
         name = name or path.name
@@ -573,21 +573,6 @@ class Session:
         return self.vlm.chat(messages, **{**self.options, **options, "cache": self.prefix_cache})
 
 
-def check_adapter_folder(path: Path) -> None:
-    """A PEFT adapter folder with safetensors weights (pickled .bin weights are refused: unsafe)."""
-    if not path.is_dir():
-        raise AdapterError(f"{path}: no such adapter folder.")
-    if not (path / "adapter_config.json").exists():
-        raise AdapterError(f"{path}: not a PEFT adapter folder (no adapter_config.json).")
-    if not (path / "adapter_model.safetensors").exists():
-        pickled = (
-            " (only a pickled adapter_model.bin, refused as unsafe)"
-            if (path / "adapter_model.bin").exists()
-            else ""
-        )
-        raise AdapterError(f"{path}: no adapter_model.safetensors{pickled}; save adapters with safetensors.")
-
-
 @dataclass
 class _PeftState:
     """What an adapter load may change in the model, taken before it, so a failed load can be undone."""
@@ -647,7 +632,7 @@ def _is_peft_wrapper(module: Any) -> bool:
 def _check_loaded(info: Any, peft: Any, slot: str, result: Any) -> None:
     """peft loaded every weight the adapter's config asks for, used every tensor of the file, and the
     weights are finite numbers (NaN or infinite LoRA weights would poison every answer)."""
-    from glmlab.export.adapters import module_name
+    from glmlab.adapters import module_name
 
     tag = re.compile(rf"\.{re.escape(slot)}(?=\.|$)")
 

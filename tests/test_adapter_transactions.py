@@ -335,7 +335,9 @@ def client(tiny_path, adapters, bad_root):
     )
     app = create_app(load_tiny(tiny_path), settings)
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    with TestClient(app, raise_server_exceptions=False, headers=headers) as test_client:
+    with TestClient(
+        app, base_url="http://localhost", raise_server_exceptions=False, headers=headers
+    ) as test_client:
         yield test_client, client_state(test_client)
 
 

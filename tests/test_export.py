@@ -223,10 +223,12 @@ def test_export_for_serving_merges_what_vllm_refuses_and_the_merge_answers_like_
 ):
     from glmlab.export import export_for_serving
 
-    head = make_adapter(tiny_path, tmp_path / "head", seed=5, target_modules=r".*(lm_head|q_proj)")
+    head = make_adapter(
+        tiny_path, tmp_path / "head", seed=5, modules_to_save=["lm_head"]
+    )  # as lora/shapes.yaml
     exported = export_for_serving(head, tmp_path / "head-served")
     assert exported.format == "merged" and exported.vllm is None
-    assert "no LoRA slot for in the language model: lm_head" in exported.reason
+    assert "trains whole modules ['lm_head'] (modules_to_save), which vLLM does not load" in exported.reason
     assert exported.vllm_serve.startswith(f"vllm serve {(tmp_path / 'head-served').resolve()} ")
     assert "--lora-modules" not in exported.vllm_serve
     merged = glmlab.load(str(exported.path)).ask(scene(), "Colour?", **GREEDY)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from glmlab.export.adapters import AdapterInfo, base_model_of, inspect_adapter, max_lora_rank
+from glmlab.adapters import AdapterInfo, base_model_of, inspect_adapter, max_lora_rank
 from glmlab.export.auto import ServingExport, export_for_serving, servable_format
 from glmlab.export.merged import export_merged
 from glmlab.export.vllm import MANIFEST, VllmExport, export_vllm, merged_serve_line
@@ -53,8 +53,8 @@ def register(
     The server reads the folder itself, so it must see the same filesystem (a path under its
     --adapter-root for glmlab's server).
     """
+    from glmlab.adapters import check_adapter_folder
     from glmlab.client import Client, ServerError
-    from glmlab.model import check_adapter_folder
 
     folder = Path(adapter).expanduser().resolve()
     check_adapter_folder(folder)

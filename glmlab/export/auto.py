@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from glmlab.adapters import check_for_vllm, inspect_adapter
 from glmlab.errors import ConfigError
-from glmlab.export.adapters import check_for_vllm, inspect_adapter
 from glmlab.export.merged import export_merged
 from glmlab.export.vllm import VllmExport, export_vllm, merged_serve_line
 

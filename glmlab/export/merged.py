@@ -12,9 +12,10 @@ import json
 import logging
 from pathlib import Path
 
+from glmlab.adapters import inspect_adapter
 from glmlab.errors import ConfigError
-from glmlab.export.adapters import base_config, inspect_adapter
 from glmlab.export.vllm import MANIFEST, prepare_output
+from glmlab.loading import base_config
 
 logger = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from glmlab.errors import ConfigError, GlmlabError
-from glmlab.export.adapters import (
-    base_config,
+from glmlab.adapters import (
+    check_adapter_name,
     check_for_vllm,
     inspect_adapter,
     max_lora_rank,
     module_name,
     text_target_regex,
 )
-from glmlab.serve.settings import check_adapter_name
+from glmlab.errors import ConfigError, GlmlabError
+from glmlab.loading import base_config
 
 logger = logging.getLogger(__name__)
 MANIFEST = "glmlab_export.json"

@@ -17,9 +17,10 @@ from typing import Any
 
 import anyio
 
+from glmlab.adapters import check_adapter_folder, check_adapter_name
 from glmlab.errors import AdapterError, GlmlabError
 from glmlab.serve.errors import APIError, model_not_found
-from glmlab.serve.settings import ServerSettings, check_adapter_name
+from glmlab.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -197,7 +198,6 @@ class ModelHost:
     def checked_adapter_path(self, path: str) -> Path:
         """An adapter folder a client may load: absolute, no `..`, under an allowed root once resolved,
         holding safetensors weights (`check_adapter_folder` refuses pickles)."""
-        from glmlab.model import check_adapter_folder
 
         if "\x00" in path:
             raise APIError(

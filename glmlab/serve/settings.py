@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glmlab.adapters import check_adapter_name
 from glmlab.errors import ConfigError
 from glmlab.images import DEFAULT_MAX_INPUT_PIXELS
 from glmlab.loading import DEFAULT_MODEL, DTYPES, QUANTIZE
@@ -27,7 +28,6 @@ QUANTIZE_NAMES = QUANTIZE
 logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "GLMLAB_API_KEY"
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 API_KEY = re.compile(r"^[!-~]+$")  # printable ASCII, no spaces: what a Bearer header carries intact
 HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -196,16 +196,6 @@ class ServerSettings:
             if root not in resolved:
                 resolved.append(root)
         return resolved
-
-
-def check_adapter_name(name: str) -> str:
-    """Adapter names travel in URLs and JSON: letters, digits, '.', '_' and '-', up to 64 characters."""
-    if not ADAPTER_NAME.match(name or ""):
-        raise ConfigError(
-            f"adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
-            "(starting with a letter or digit)."
-        )
-    return name
 
 
 def parse_adapter_args(values: list[str]) -> dict[str, str]:

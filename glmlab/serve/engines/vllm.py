@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glmlab.adapters import check_for_vllm, inspect_adapter, max_lora_rank
 from glmlab.errors import ConfigError
-from glmlab.export.adapters import check_for_vllm, inspect_adapter, max_lora_rank
 from glmlab.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,10 @@ the model is touched, whether `VLM.load_adapter` may inject it: plain LoRA only,
 the base weights or the model's structure, rank at most `MAX_LORA_RANK`, every tensor named after a
 linear layer of the base model with the shapes that layer and the rank require. `vllm_modules` sorts
 the modules the way vLLM's Glm4vForConditionalGeneration will treat them: LoRA on the language model
-only (its vision tower is not LoRA-enabled), ranks up to 512.
+only (its vision tower is not LoRA-enabled), ranks up to 512. `check_adapter_folder` and
+`check_adapter_name` are the folder and name rules every loader (model, server, export) shares.
+
+This module sits below the model, the server and the exporters, which all read adapters through it.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ TEXT_MODULES = (
     "mlp.gate_up_proj",
     "mlp.down_proj",
 )
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _WEIGHT_KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+?)\.(?:lora_A|lora_B|lora_embedding_A|"
     r"lora_embedding_B|lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$"
@@ -97,8 +101,6 @@ class AdapterInfo:
 def inspect_adapter(path: str | Path) -> AdapterInfo:
     """Read an adapter folder (safetensors only: pickled weights are refused)."""
     from safetensors import SafetensorError, safe_open
-
-    from glmlab.model import check_adapter_folder
 
     folder = Path(path).expanduser()
     check_adapter_folder(folder)
@@ -363,17 +365,26 @@ def text_target_regex(modules: list[str]) -> str:
     return r".*language_model\.layers\.\d+\.[a-z_]+\.(" + "|".join(names) + ")$"
 
 
-def base_config(model: str):
-    """The base model's transformers config (local folder, 'tiny', or hub id from the cache/hub)."""
-    from transformers import AutoConfig
+def check_adapter_folder(path: Path) -> None:
+    """A PEFT adapter folder with safetensors weights (pickled .bin weights are refused: unsafe)."""
+    if not path.is_dir():
+        raise AdapterError(f"{path}: no such adapter folder.")
+    if not (path / "adapter_config.json").exists():
+        raise AdapterError(f"{path}: not a PEFT adapter folder (no adapter_config.json).")
+    if not (path / "adapter_model.safetensors").exists():
+        pickled = (
+            " (only a pickled adapter_model.bin, refused as unsafe)"
+            if (path / "adapter_model.bin").exists()
+            else ""
+        )
+        raise AdapterError(f"{path}: no adapter_model.safetensors{pickled}; save adapters with safetensors.")
 
-    from glmlab.errors import ModelLoadError
-    from glmlab.loading import resolve_source
 
-    try:
-        return AutoConfig.from_pretrained(resolve_source(model))
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(
-            f"{model}: the base model's config could not be read ({error}); pass --model with "
-            "a local checkpoint folder or a hub id reachable from here."
-        ) from None
+def check_adapter_name(name: str) -> str:
+    """Adapter names travel in URLs and JSON: letters, digits, '.', '_' and '-', up to 64 characters."""
+    if not ADAPTER_NAME.match(name or ""):
+        raise ConfigError(
+            f"adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit)."
+        )
+    return name
