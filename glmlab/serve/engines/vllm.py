@@ -34,7 +34,16 @@ INSTALL_HINT = (
 )
 
 # glmlab server limits with no `vllm serve` counterpart (vLLM has its own defaults for these)
-VLLM_IGNORES = ("allow_urls", "max_input_pixels", "max_request_bytes", "max_concurrency", "timeout_s")
+VLLM_IGNORES = (
+    "allow_urls",
+    "max_input_pixels",
+    "max_images",
+    "max_request_pixels",
+    "max_decode_mb",
+    "max_request_bytes",
+    "max_concurrency",
+    "timeout_s",
+)
 
 
 @dataclass
