@@ -25,3 +25,7 @@ class ModelLoadError(GlmlabError, RuntimeError):
 
 class AdapterError(GlmlabError, ValueError):
     """A LoRA adapter that is missing, malformed or unknown by name."""
+
+
+class BusyError(GlmlabError, RuntimeError):
+    """A shared resource (the decode memory budget) is in use for now; the same call can succeed later."""

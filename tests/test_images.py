@@ -109,6 +109,14 @@ def test_pdf_gives_one_image_per_page_at_the_chosen_dpi(tmp_path):
     assert to_pil(path, pdf_dpi=144)[0].size == (288, 144)
 
 
+def test_pdf_pages_keep_their_colours():
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 50), (255, 0, 0)).save(buffer, format="PDF")  # a red page (JPEG inside)
+    page = load_image(buffer.getvalue(), pdf_dpi=72)
+    red, green, blue = page.getpixel((50, 25))
+    assert page.size == (100, 50) and red > 250 and green < 5 and blue < 5
+
+
 def test_dicom_applies_modality_lut_and_file_window(tmp_path):
     stored = np.array([[0, 1024, 1064, 2048]], dtype=np.uint16).repeat(4, axis=0)  # HU -1024, 0, 40, 1024
     path = write_dicom(tmp_path / "ct.dcm", stored, centre=40, width=400)  # window -160..240 HU

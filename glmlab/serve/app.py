@@ -261,7 +261,8 @@ async def _start_generation(
 ) -> Any:
     """Decode the images, wait for the model, start generating: a `glmlab.generation.Stream`.
 
-    Raises APIError 400 for bad input (before queueing), 504 when the deadline passes in the queue.
+    Raises APIError 400 for bad input (before queueing), 503 when other requests' images fill the decode
+    memory, 504 when the deadline passes in the queue.
     """
     settings = host.settings
     messages = await run_in_threadpool(
@@ -270,6 +271,8 @@ async def _start_generation(
         allow_private_urls=settings.allow_private_urls,
         max_url_bytes=settings.max_request_bytes,
         max_input_pixels=settings.max_input_pixels,
+        max_frames=settings.max_images,
+        budget=ticket.images,  # released when the ticket closes, with the request
     )
     with anyio.move_on_after(deadline - anyio.current_time()) as scope:
         await ticket.start_generation()

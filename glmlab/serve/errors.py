@@ -2,8 +2,8 @@
 
 One place maps exceptions to statuses, so a client's mistake is always a 4xx with a message that says
 what to fix, never a 500, and never takes the server down: glmlab's InputError/AdapterError/ConfigError
--> 400, pydantic validation -> 400 (not FastAPI's default 422), unknown routes -> 404, and only a bug
-in glmlab itself -> 500.
+-> 400 (BusyError, a shared budget in use -> 503), pydantic validation -> 400 (not FastAPI's default
+422), unknown routes -> 404, and only a bug in glmlab itself -> 500.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from glmlab.errors import GlmlabError
+from glmlab.errors import BusyError, GlmlabError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,10 @@ def model_not_found(name: str, known: list[str]) -> APIError:
 
 
 def from_glmlab_error(error: GlmlabError) -> APIError:
-    """A glmlab error raised while serving a request: the request was at fault (400)."""
+    """A glmlab error raised while serving a request: the request was at fault (400), or a shared
+    budget was in use (BusyError: 503, retry)."""
+    if isinstance(error, BusyError):
+        return APIError(503, str(error), code="server_busy", headers={"Retry-After": "1"})
     return APIError(400, f"{type(error).__name__}: {error}", code=type(error).__name__)
 
 

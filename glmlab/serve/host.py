@@ -19,20 +19,24 @@ import anyio
 
 from glmlab.adapters import check_adapter_folder, check_adapter_name
 from glmlab.errors import AdapterError, GlmlabError
+from glmlab.images import DecodeMemory, ImageBudget
 from glmlab.serve.errors import APIError, model_not_found
 from glmlab.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+DECODE_WAIT_S = 5.0  # how long a request waits for decode memory other requests' images hold (then 503)
 
 
 class Ticket:
-    """One admitted request: holds a queue place, then the generation slot; `close` frees both."""
+    """One admitted request: holds a queue place, its images' decode memory, then the generation slot;
+    `close` frees them all."""
 
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         self.generating = False
         self.closed = False
+        self.images = host.image_budget()
 
     async def start_generation(self) -> None:
         """Wait (cancellably) for the model; one ticket generates at a time."""
@@ -44,6 +48,7 @@ class Ticket:
         if self.closed:
             return
         self.closed = True
+        self.images.release()
         self.host.admitted -= 1
         if self.generating:
             self.host.running -= 1
@@ -61,6 +66,7 @@ class ModelHost:
         self.admitted = 0  # queued + running; only touched on the event loop
         self.running = 0
         self.generation_slot = anyio.Semaphore(1)
+        self.decode_memory = DecodeMemory(settings.decode_memory_bytes)  # shared by all requests
         if vlm is not None:
             self._load_start_adapters(vlm)
             self.ready.set()
@@ -130,6 +136,17 @@ class ModelHost:
             )
         self.admitted += 1
         return Ticket(self)
+
+    def image_budget(self) -> ImageBudget:
+        """One request's image allowance (settings max_images, max_request_pixels), its decodes
+        admitted against the host's decode memory, waiting up to DECODE_WAIT_S for it."""
+        settings = self.settings
+        return ImageBudget(
+            max_images=settings.max_images,
+            max_pixels=settings.max_request_pixels,
+            memory=self.decode_memory,
+            wait_s=DECODE_WAIT_S,
+        )
 
     @property
     def base_name(self) -> str:

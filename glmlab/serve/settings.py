@@ -19,7 +19,7 @@ from pathlib import Path
 
 from glmlab.adapters import check_adapter_name
 from glmlab.errors import ConfigError
-from glmlab.images import DEFAULT_MAX_INPUT_PIXELS
+from glmlab.images import DEFAULT_MAX_INPUT_PIXELS, MB
 from glmlab.loading import DEFAULT_MODEL, DTYPES, QUANTIZE
 from glmlab.urls import is_loopback_host
 
@@ -93,6 +93,20 @@ class ServerSettings:
         DEFAULT_MAX_INPUT_PIXELS,
         "Refuse images larger than this many pixels before decoding them (decompression-bomb guard).",
     )
+    max_images: int = _option(
+        32, "Most images one request may hold (each PDF page and DICOM frame counts one); more: 400."
+    )
+    max_request_pixels: int = _option(
+        24 * 1024 * 1024,
+        "Most decoded pixels all images of one request may hold together, checked from their headers "
+        "before decoding (400).",
+    )
+    max_decode_mb: int = _option(
+        384,
+        "Memory (MiB) the decoded images of all requests together may hold, admitted from their headers "
+        "before decoding and held until each request ends; a request that needs more alone gets 400, one "
+        "that finds it in use waits up to 5 s, then gets 503.",
+    )
     max_request_bytes: int = _option(20 * 1024 * 1024, "Refuse request bodies larger than this (413).")
     max_concurrency: int = _option(8, "Requests queued plus running; beyond it requests get 429.")
     timeout_s: float = _option(300.0, "Seconds a request may wait and generate before 504.", flag="--timeout")
@@ -111,6 +125,9 @@ class ServerSettings:
             ("max_concurrency", self.max_concurrency >= 1, "at least 1"),
             ("max_request_bytes", self.max_request_bytes >= 1024, "at least 1024"),
             ("max_input_pixels", self.max_input_pixels >= 28 * 28, "at least 784"),
+            ("max_images", self.max_images >= 1, "at least 1"),
+            ("max_request_pixels", self.max_request_pixels >= 28 * 28, "at least 784"),
+            ("max_decode_mb", self.max_decode_mb >= 1, "at least 1"),
             ("timeout_s", self.timeout_s > 0, "greater than 0"),
             (
                 "max_image_pixels",
@@ -185,6 +202,10 @@ class ServerSettings:
             hosts.append(listening)
         hosts += self.allowed_hosts
         return list(dict.fromkeys(hosts))
+
+    @property
+    def decode_memory_bytes(self) -> int:
+        return self.max_decode_mb * MB
 
     def allowed_adapter_roots(self) -> list[Path]:
         """Resolved folders under which adapters may be loaded at run time (symlinks followed)."""
