@@ -16,9 +16,12 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from glmlab.reference import glm46v_flash_config
+
 logger = logging.getLogger(__name__)
 
-# The real checkpoint's token ids (../shared/reference/glm-4.6v-flash.md).
+# GLM-4's special tokens at the real checkpoint's ids (its tokenizer; the image and video ids are also in
+# its config.json, glmlab/reference). Generation stops on any of EOS_TOKEN_IDS (`<|user|>` is one).
 SPECIAL_TOKENS = {
     "<|endoftext|>": 151329,
     "[MASK]": 151330,
@@ -37,8 +40,8 @@ SPECIAL_TOKENS = {
     "<|image|>": 151363,
     "<|video|>": 151364,
 }
-# Single tokens of the real vocabulary whose ids the reference does not give: glmlab places them in
-# the free ids between the video and image tokens.
+# Single tokens of the real vocabulary whose ids glmlab does not need to match: it places them in the
+# free ids between the video and image tokens.
 TEXT_SINGLE_TOKENS = [
     "<think>",
     "</think>",
@@ -54,9 +57,10 @@ TEXT_SINGLE_TOKENS = [
     "<tool_response>",
     "</tool_response>",
 ]
-VOCAB_SIZE = 151552
-EOS_TOKEN_IDS = [151329, 151336, 151338]
-PAD_TOKEN_ID = 151329
+_REAL_TEXT = glm46v_flash_config()["text_config"]
+VOCAB_SIZE = _REAL_TEXT["vocab_size"]  # 151552
+EOS_TOKEN_IDS = _REAL_TEXT["eos_token_id"]  # <|endoftext|>, <|user|>, <|observation|>
+PAD_TOKEN_ID = _REAL_TEXT["pad_token_id"]  # <|endoftext|>
 
 TINY_TEXT = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
@@ -110,55 +114,24 @@ def build(
 
 
 def make_config(text: dict | None = None, vision: dict | None = None):
-    """A Glm4vConfig shaped like GLM-4.6V-Flash's (same ids, rope layout, activations), but small."""
+    """GLM-4.6V-Flash's config (glmlab/reference) with small layers: the same token ids, rope layout,
+    activations and norms, only the sizes in TINY_TEXT / TINY_VISION (or `text` / `vision`) differ."""
     from transformers import AutoConfig
 
-    text_config = {**TINY_TEXT, **(text or {})}
-    vision_config = {**TINY_VISION, **(vision or {})}
+    real = glm46v_flash_config()
+    text_config = {**real.pop("text_config"), **TINY_TEXT, **(text or {})}
+    vision_config = {**real.pop("vision_config"), **TINY_VISION, **(vision or {})}
+    vision_config["out_hidden_size"] = text_config["hidden_size"]
     head_dim = text_config["hidden_size"] // text_config["num_attention_heads"]
     rotary_pairs = head_dim // 4  # partial_rotary_factor 0.5 -> head_dim/2 rotary dims -> head_dim/4 pairs
     temporal = rotary_pairs // 4 or 1
     spatial = rotary_pairs - temporal
     mrope_section = [temporal, spatial // 2, spatial - spatial // 2]  # real: [8, 12, 12] for 32 pairs
+    text_config["rope_parameters"] = {**text_config["rope_parameters"], "mrope_section": mrope_section}
+    for key in ("architectures", "dtype"):  # written by save_pretrained from the built model
+        real.pop(key)
     return AutoConfig.for_model(
-        "glm4v",
-        image_start_token_id=151339,
-        image_end_token_id=151340,
-        image_token_id=151363,
-        video_start_token_id=151341,
-        video_end_token_id=151342,
-        video_token_id=151364,
-        tie_word_embeddings=False,
-        text_config=dict(
-            model_type="glm4v_text",
-            vocab_size=VOCAB_SIZE,
-            hidden_act="silu",
-            rms_norm_eps=1e-5,
-            attention_bias=True,
-            max_position_embeddings=131072,
-            pad_token_id=PAD_TOKEN_ID,
-            eos_token_id=EOS_TOKEN_IDS,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 500000,
-                "partial_rotary_factor": 0.5,
-                "mrope_section": mrope_section,
-            },
-            **text_config,
-        ),
-        vision_config=dict(
-            model_type="glm4v_vision",
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            image_size=336,
-            in_channels=3,
-            out_hidden_size=text_config["hidden_size"],
-            hidden_act="silu",
-            rms_norm_eps=1e-5,
-            attention_bias=False,
-            **vision_config,
-        ),
+        real.pop("model_type"), **real, text_config=text_config, vision_config=vision_config
     )
 
 

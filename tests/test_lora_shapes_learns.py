@@ -1,5 +1,6 @@
-"""DONE WHEN: the shipped shapes recipe takes the tiny random model from chance to >= 0.9 held-out
-accuracy in under two minutes on a CPU."""
+"""The shipped shapes recipe teaches the tiny random-weight model: held-out colour accuracy goes from
+chance (<= 0.4) to >= 0.9 and the training loss falls tenfold, the whole run in under two minutes on
+a CPU."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 RESULTS = Path(__file__).parent / "results"
-# Larger than "tiny" so compute dominates on a CPU (the bench size).
+# Larger than "tiny" so compute dominates on a CPU, as in a real model.
 BENCH_TEXT = dict(
     hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1536
 )

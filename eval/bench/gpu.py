@@ -6,7 +6,8 @@ question through the cached prefix path, and decode speed against the memory-ban
 8-bit (bitsandbytes; the random bf16 weights are saved to disk first, which takes a few minutes).
 Without a GPU it prints "no GPU: skipped" and exits 0: it is a benchmark, not a test.
 
-Run on a GPU machine: python eval/bench/gpu.py [--int8] [--config ../shared/reference/glm-4.6v-flash.config.json]
+Run on a GPU machine: python eval/bench/gpu.py [--int8] [--config CONFIG_JSON]
+(the config defaults to GLM-4.6V-Flash's, shipped in glmlab/reference).
 Then record its output in eval/bench/RESULTS.md with the date and the GPU.
 """
 
@@ -29,7 +30,6 @@ BANDWIDTH = {
     "RTX 4090": 1.008e12,
     "A10": 0.6e12,
 }
-DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "shared" / "reference" / "glm-4.6v-flash.config.json"
 NEW_TOKENS = 64
 
 
@@ -40,14 +40,16 @@ def bandwidth_of(name: str) -> float | None:
     return None
 
 
-def build_vlm(config_path: Path, quantize: str | None):
+def build_vlm(config_path: Path | None, quantize: str | None):
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     from glmlab import tiny
     from glmlab.model import VLM
+    from glmlab.reference import GLM46V_FLASH_CONFIG, glm46v_flash_config
 
-    config = AutoConfig.for_model(**json.loads(config_path.read_text()))
+    values = json.loads(config_path.read_text()) if config_path else glm46v_flash_config()
+    config = AutoConfig.for_model(**values)
     processor = tiny.make_processor(max_image_pixels=1024 * 1024 + 64 * 1024)
     if quantize is None:
         with torch.device("cuda"):
@@ -70,7 +72,10 @@ def build_vlm(config_path: Path, quantize: str | None):
     model.generation_config.min_new_tokens = NEW_TOKENS  # random weights: never stop early
     model.eval()
     return VLM(
-        model, processor, name=f"GLM-4.6V-Flash random ({quantize or 'bf16'})", source=str(config_path)
+        model,
+        processor,
+        name=f"GLM-4.6V-Flash random ({quantize or 'bf16'})",
+        source=str(config_path or GLM46V_FLASH_CONFIG),
     )
 
 
@@ -124,7 +129,7 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--config", type=Path, help="a Glm4v config.json (default: GLM-4.6V-Flash's)")
     parser.add_argument("--int8", action="store_true", help="also measure the 8-bit model")
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -1,7 +1,8 @@
 """How much GPU memory and time a recipe needs, computed from the model's config (not guessed).
 
 The network is built on PyTorch's meta device (shapes only, no memory), so parameter counts and the
-shapes of the adapted modules are exact for any Glm4v config. The formulas (stated in lora/README.md):
+shapes of the adapted modules are exact for any Glm4v config. Without a config, every function uses
+GLM-4.6V-Flash's, shipped in the package (`glmlab.reference.glm46v_flash_config`). The formulas (stated in lora/README.md):
 
 memory = weights + adapter states + activations + logits + vision + overhead
 - weights: 2 bytes/param in bf16; with QLoRA the text decoder's linear layers take NF4_BYTES/param
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from glmlab.lora.recipe import DEFAULT_GENERATED_SAMPLES, LoraRecipe
+from glmlab.reference import glm46v_flash_config
 
 GIB = 1024**3
 BF16_BYTES = 2
@@ -133,8 +135,9 @@ class TimeEstimate:
         return self.seconds_per_step * self.steps / 3600
 
 
-def model_shapes(config: Any) -> ModelShapes:
-    """Parameter counts and linear-layer shapes of a Glm4v config (a config object, dict or config.json)."""
+def model_shapes(config: Any = None) -> ModelShapes:
+    """Parameter counts and linear-layer shapes of a Glm4v config (a config object, dict, config.json path,
+    or None for GLM-4.6V-Flash)."""
     return _shapes(json.dumps(_config_dict(config), sort_keys=True))
 
 
@@ -198,8 +201,11 @@ def sample_shape(recipe: LoraRecipe, samples: int = 8) -> SampleShape:
     return SampleShape(mean(image), mean(prompt), mean(answer))
 
 
-def estimate_memory(recipe: LoraRecipe, config: Any, *, sample: SampleShape | None = None) -> MemoryEstimate:
-    """Peak GPU memory of training `recipe` on the model of `config` (see the module docstring)."""
+def estimate_memory(
+    recipe: LoraRecipe, config: Any = None, *, sample: SampleShape | None = None
+) -> MemoryEstimate:
+    """Peak GPU memory of training `recipe` on the model of `config` (GLM-4.6V-Flash when None; see the
+    module docstring)."""
     shapes = model_shapes(config)
     sample = sample or sample_shape(recipe)
     tokens = recipe.batch_size * sample.tokens
@@ -233,7 +239,11 @@ def estimate_memory(recipe: LoraRecipe, config: Any, *, sample: SampleShape | No
 
 
 def estimate_time(
-    recipe: LoraRecipe, config: Any, gpu: str | GpuProfile = "80GB", *, sample: SampleShape | None = None
+    recipe: LoraRecipe,
+    config: Any = None,
+    gpu: str | GpuProfile = "80GB",
+    *,
+    sample: SampleShape | None = None,
 ) -> TimeEstimate:
     """Time of the whole run on one GPU at MFU x its peak bf16 throughput (see the module docstring)."""
     profile = GPUS[gpu] if isinstance(gpu, str) else gpu
@@ -306,6 +316,8 @@ def _text_tokens(text: str) -> int:
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
+    if config is None:
+        return glm46v_flash_config()
     if isinstance(config, str | Path):
         return json.loads(Path(config).read_text(encoding="utf-8"))
     if isinstance(config, dict):
@@ -320,7 +332,7 @@ README_RECIPES = ("shapes", "invoices-zh", "invoices-en", "medical-phantoms")
 REAL_MODEL_OVERRIDES = {"shapes": {"modules_to_save": []}}
 
 
-def estimate_rows(config: Any, names: tuple[str, ...] = README_RECIPES) -> list[dict[str, Any]]:
+def estimate_rows(config: Any = None, names: tuple[str, ...] = README_RECIPES) -> list[dict[str, Any]]:
     """One row per shipped recipe: data size, tokens, memory in bf16 and 4-bit, time on 24 and 80 GB GPUs.
 
     The 24 GB column uses QLoRA when the bf16 estimate leaves less than 10% of the card (22.4 GiB) free.
@@ -359,7 +371,7 @@ def estimate_rows(config: Any, names: tuple[str, ...] = README_RECIPES) -> list[
     return rows
 
 
-def anchor_estimate(config: Any) -> MemoryEstimate:
+def anchor_estimate(config: Any = None) -> MemoryEstimate:
     """The formula on the published anchor: GLM-4.1V-9B (the same network), LoRA with frozen vision, batch 1,
     measured at 21 GB on an A100. Assumed (the anchor's settings are not published): rank 8 on the
     default targets, gradient checkpointing, 1,000 image tokens with 100 prompt and 100 answer tokens."""

@@ -14,7 +14,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# The text decoder's attention projections (see shared/reference: anchored to language_model.layers).
+# The text decoder's q and v projections, anchored to language_model.layers as the recipes' targets are
+# (glmlab.lora.recipe.LANGUAGE_TARGETS), so the vision tower is never adapted.
 TARGET_MODULES = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
 
 
