@@ -9,9 +9,7 @@ by `glmlab.generation`, and answers parsed by `glmlab.answer`; this module only 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,8 +19,9 @@ from typing import Any
 import torch
 
 from glmlab import batching, prompts
+from glmlab.adapters import AdapterSet
 from glmlab.answer import Answer, Timing, Usage
-from glmlab.errors import AdapterError, GlmlabError, InputError, ModelLoadError
+from glmlab.errors import GlmlabError, InputError, ModelLoadError
 from glmlab.generation import (
     STRUCTURAL_TOKENS,
     GenerationSettings,
@@ -82,14 +81,7 @@ class VLM:
         self.quantized = quantized
         self.allow_urls = allow_urls
         self.max_image_pixels = max_image_pixels or processor.image_processor.size["longest_edge"] // 2
-        self.adapters: dict[str, str] = {}
-        self.active_adapter: str | None = None
-        self._peft: Any = None  # the PeftModel that manages injected adapters, once one is loaded
-        # adapter name -> the name peft knows it by: each load gets its own, so a replacement is loaded
-        # beside the adapter it replaces and swapped in only once it loaded in full
-        self._slots: dict[str, str] = {}
-        self._slot_ids = itertools.count()
-        self._adapter_loads = 0  # bumped by every adapter load/unload: part of each prefix-cache key
+        self._adapters = AdapterSet(lambda: self.model, name)
         self.lock = threading.RLock()
         self.image_token_id = model.config.image_token_id
         self.end_of_image_id = model.config.image_end_token_id
@@ -318,7 +310,7 @@ class VLM:
         """Changes whenever a weight is modified in place (an optimiser step, torch's tensor version
         counters) or an adapter is loaded or unloaded, so no prefix outlives the weights it came from
         (a session's own cache included)."""
-        return sum(parameter._version for parameter in self.model.parameters()) + self._adapter_loads
+        return sum(parameter._version for parameter in self.model.parameters()) + self._adapters.version
 
     def _prepare_item(
         self, index: int, item: Any, thinking: bool | None, max_image_pixels: int | None
@@ -416,7 +408,17 @@ class VLM:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         return inputs
 
-    # ---- adapters ------------------------------------------------------------------------------
+    # ---- adapters (glmlab.adapters.AdapterSet; here the lock and the prefix cache) -----------------
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """Loaded adapters: name -> the folder each was loaded from."""
+        return self._adapters.paths
+
+    @property
+    def active_adapter(self) -> str | None:
+        """The adapter every call uses unless it names another (None: the base model)."""
+        return self._adapters.active
 
     def load_adapter(
         self, path: str | Path, name: str | None = None, *, activate: bool = True, replace: bool = False
@@ -428,107 +430,25 @@ class VLM:
         every tensor's name and shape against this model), loaded under a fresh internal name, and only
         then put under `name` (replacing the adapter of that name when `replace`). On any failure the
         model, its adapters and the active one are exactly as before, and the error is an AdapterError
-        that says why. Adapters are injected with peft itself (not transformers' wrappers, which demand a
-        newer peft), so `self.model` stays the plain model class; several adapters stay loaded side by side.
+        that says why. Several adapters stay loaded side by side; `self.model` stays the plain model class.
         """
-        from glmlab.adapters import check_for_loading, inspect_adapter
-
         path = Path(path).expanduser()
-        name = name or path.name
         with self.lock:
-            if name in self.adapters and not replace:
-                raise AdapterError(
-                    f"adapter name {name!r} is already loaded (from {self.adapters[name]}); "
-                    "unload it first, choose another name, or pass replace=True."
-                )
-            info = inspect_adapter(path)
-            check_for_loading(info, self._base_modules())
-            slot = f"glmlab_{next(self._slot_ids)}"
-            self._inject(info, slot)
-            old = self._slots.get(name)
-            self._slots[name], self.adapters[name] = slot, str(path)
-            self._adapter_loads += 1
+            name = self._adapters.load(path, name or path.name, activate=activate, replace=replace)
             self.prefix_cache.clear()  # their keys can no longer match: free the memory
-            if old is not None:
-                self._peft.delete_adapter(old)
-            self.set_adapter(name if activate else self.active_adapter)
         logger.info("loaded adapter %r from %s", name, path)
         return name
-
-    def _base_modules(self) -> dict[str, Any]:
-        """The base model's modules by name, peft's wrappers seen through to the layers they wrap."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        modules: dict[str, Any] = {}
-        inside: list[str] = []  # names of wrappers: what lies under them is peft's, not the model's
-        for name, module in self.model.named_modules():
-            if any(name.startswith(prefix) for prefix in inside):
-                continue
-            if isinstance(module, BaseTunerLayer):
-                module, _ = module.get_base_layer(), inside.append(name + ".")
-            elif isinstance(module, AuxiliaryTrainingWrapper):
-                module, _ = module.original_module, inside.append(name + ".")
-            modules[name] = module
-        return modules
-
-    def _inject(self, info: Any, slot: str) -> None:
-        """Add the checked adapter to the model as peft adapter `slot`, or leave everything as it was."""
-        from peft import LoraConfig, PeftModel
-
-        try:
-            config = LoraConfig.from_peft_type(**info.config)
-        except (TypeError, ValueError, KeyError, ImportError) as error:
-            raise AdapterError(
-                f"{info.path}: adapter_config.json is not a valid LoRA config ({error})."
-            ) from None
-        config.inference_mode = True
-        before = _PeftState.of(self.model, self._peft)
-        peft = self._peft
-        try:
-            if peft is None:
-                peft = PeftModel(self.model, config, adapter_name=slot)
-            else:
-                peft.add_adapter(slot, config)
-            result = peft.load_adapter(str(info.path), slot, is_trainable=False)
-            _check_loaded(info, peft, slot, result)
-        except BaseException as error:
-            before.restore(self.model, self._peft, slot)
-            self.set_adapter(self.active_adapter)
-            if not isinstance(error, Exception):
-                raise
-            if isinstance(error, AdapterError):
-                raise
-            raise AdapterError(
-                f"{info.path}: could not be loaded as a LoRA adapter for {self.name} "
-                f"({type(error).__name__}: {error}); nothing was changed."
-            ) from error
-        self._peft = peft
 
     def set_adapter(self, name: str | None) -> None:
         """Make `name` the adapter every call uses by default; None for the base model."""
         with self.lock:
-            if name is not None:
-                self._check_adapter(name)
-                self._peft.set_adapter(self._slots[name])
-                self._peft.base_model.enable_adapter_layers()
-            elif self._peft is not None:
-                self._peft.base_model.disable_adapter_layers()
-            self.active_adapter = name
+            self._adapters.activate(name)
 
     def unload_adapter(self, name: str) -> None:
         """Remove an adapter; with the last one gone the model is exactly the base model again."""
         with self.lock:
-            self._check_adapter(name)
-            self._peft.delete_adapter(self._slots.pop(name))
-            del self.adapters[name]
-            self._adapter_loads += 1
+            self._adapters.unload(name)
             self.prefix_cache.clear()
-            if not self.adapters:
-                self._peft.unload()
-                self._peft, self.active_adapter = None, None
-                return
-            self.set_adapter(None if self.active_adapter == name else self.active_adapter)
 
     @contextlib.contextmanager
     def using_adapter(self, adapter: Any = _ACTIVE):
@@ -545,11 +465,7 @@ class VLM:
                 self.set_adapter(previous)
 
     def _check_adapter(self, name: str) -> None:
-        if name not in self.adapters:
-            known = ", ".join(self.adapters) or "none loaded"
-            raise AdapterError(
-                f"adapter {name!r} is not loaded (loaded: {known}); use load_adapter(path, name)."
-            )
+        self._adapters.check(name)
 
 
 class Session:
@@ -571,89 +487,6 @@ class Session:
         """`vlm.chat` on the session's images and system prompt, with the session's own prefix cache."""
         messages = prompts.question_messages(self.images, question, self.system)
         return self.vlm.chat(messages, **{**self.options, **options, "cache": self.prefix_cache})
-
-
-@dataclass
-class _PeftState:
-    """What an adapter load may change in the model, taken before it, so a failed load can be undone."""
-
-    wrappers: set[str]  # names of the peft wrapper modules already in the model
-    requires_grad: list[tuple[Any, bool]]
-    training: bool
-    had_peft_config: bool
-    peft_active: Any  # the PeftModel's active adapter (None: no PeftModel yet)
-
-    @classmethod
-    def of(cls, model: Any, peft: Any) -> _PeftState:
-        return cls(
-            wrappers={name for name, module in model.named_modules() if _is_peft_wrapper(module)},
-            requires_grad=[(parameter, parameter.requires_grad) for parameter in model.parameters()],
-            training=model.training,
-            had_peft_config=hasattr(model, "peft_config"),
-            peft_active=None if peft is None else peft.active_adapter,
-        )
-
-    def restore(self, model: Any, peft: Any, slot: str) -> None:
-        """Remove every trace of peft adapter `slot`, including what a half-done injection left: wrappers
-        made for it are replaced by the layers they wrap, older wrappers lose only `slot`."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for name, module in list(model.named_modules()):
-            if not _is_peft_wrapper(module):
-                continue
-            if name not in self.wrappers:
-                unwrapped = (
-                    module.get_base_layer() if isinstance(module, BaseTunerLayer) else module.original_module
-                )
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent), child, unwrapped)
-            elif isinstance(module, BaseTunerLayer):
-                module.delete_adapter(slot)
-            else:
-                others = [adapter for adapter in module.active_adapters if adapter != slot]
-                module.delete_adapter(slot, new_active_adapters=others or None)
-        if peft is not None:
-            peft.peft_config.pop(slot, None)
-            peft.set_adapter(self.peft_active)
-        elif not self.had_peft_config and hasattr(model, "peft_config"):
-            del model.peft_config
-        for parameter, requires_grad in self.requires_grad:
-            parameter.requires_grad_(requires_grad)
-        model.train(self.training)
-
-
-def _is_peft_wrapper(module: Any) -> bool:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils.other import AuxiliaryTrainingWrapper
-
-    return isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper)
-
-
-def _check_loaded(info: Any, peft: Any, slot: str, result: Any) -> None:
-    """peft loaded every weight the adapter's config asks for, used every tensor of the file, and the
-    weights are finite numbers (NaN or infinite LoRA weights would poison every answer)."""
-    from glmlab.adapters import module_name
-
-    tag = re.compile(rf"\.{re.escape(slot)}(?=\.|$)")
-
-    def module_of(key: str) -> str:
-        return module_name(tag.sub("", key))
-
-    if result.missing_keys:
-        missing = sorted({module_of(key) for key in result.missing_keys})
-        raise AdapterError(
-            f"{info.path}: target_modules selects {len(missing)} module(s) the file has no weights for "
-            f"(first: {missing[0]}); the adapter does not match its own config."
-        )
-    if result.unexpected_keys:
-        unused = sorted({module_of(key) for key in result.unexpected_keys})
-        raise AdapterError(
-            f"{info.path}: the file has weights for {len(unused)} module(s) target_modules does not select "
-            f"(first: {unused[0]}); the adapter does not match its own config."
-        )
-    for key, parameter in peft.named_parameters():
-        if tag.search(key) and not torch.isfinite(parameter).all():
-            raise AdapterError(f"{info.path}: the weights of {module_of(key)} hold NaN or infinite values.")
 
 
 def _eos_ids(model: Any) -> set[int]:

@@ -200,8 +200,8 @@ def adapter_configs(vlm) -> dict[str, tuple]:
 
     layers = [module for module in vlm.model.modules() if isinstance(module, LoraLayer)]
     configs = {}
-    for name, slot in vlm._slots.items():
-        config = vlm._peft.peft_config[slot]
+    for name, slot in vlm._adapters.slots.items():
+        config = vlm._adapters.peft.peft_config[slot]
         scalings = sorted(layer.scaling[slot] for layer in layers if slot in layer.scaling)
         configs[name] = (config.r, config.lora_alpha, scalings)
     return configs
@@ -212,8 +212,8 @@ def state(vlm) -> dict:
     return {
         "adapters": dict(vlm.adapters),
         "active": vlm.active_adapter,
-        "peft adapters": None if vlm._peft is None else sorted(vlm._peft.peft_config),
-        "configs": adapter_configs(vlm) if vlm._peft is not None else {},
+        "peft adapters": None if vlm._adapters.peft is None else sorted(vlm._adapters.peft.peft_config),
+        "configs": adapter_configs(vlm) if vlm._adapters.peft is not None else {},
         "modules": [(name, type(module).__name__) for name, module in vlm.model.named_modules()],
         "base weights": base_digest(vlm),
         "answers": {
@@ -269,7 +269,7 @@ def test_a_bad_first_adapter_leaves_the_plain_model(empty, bad_root, kind):
     with pytest.raises(AdapterError, match=BAD[kind][1]):
         vlm.load_adapter(bad_root / kind)
     assert state(vlm) == before
-    assert vlm._peft is None and not hasattr(vlm.model, "peft_config")
+    assert vlm._adapters.peft is None and not hasattr(vlm.model, "peft_config")
 
 
 @pytest.mark.slow
@@ -284,7 +284,7 @@ def test_a_good_replacement_swaps_in_and_leaves_nothing_behind(tiny_path, adapte
     assert alpha != gamma
     vlm.load_adapter(adapters["gamma"], "x", replace=True)
     assert vlm.active_adapter == "x" and vlm.ask(None, "Hi", **GREEDY).raw == gamma
-    assert len(vlm._peft.peft_config) == 1 and adapter_configs(vlm) == {"x": (4, 8, [2.0] * 12)}
+    assert len(vlm._adapters.peft.peft_config) == 1 and adapter_configs(vlm) == {"x": (4, 8, [2.0] * 12)}
     vlm.unload_adapter("x")
     assert state(vlm) == pristine
 

@@ -10,8 +10,6 @@ linear layer of the base model with the shapes that layer and the rank require. 
 the modules the way vLLM's Glm4vForConditionalGeneration will treat them: LoRA on the language model
 only (its vision tower is not LoRA-enabled), ranks up to 512. `check_adapter_folder` and
 `check_adapter_name` are the folder and name rules every loader (model, server, export) shares.
-
-This module sits below the model, the server and the exporters, which all read adapters through it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,46 @@
+"""LoRA adapters: what an adapter folder holds and may load (`folder`), and the named adapters injected
+into a model (`injected.AdapterSet`). Below the model, the server and the exporters, which all read
+and load adapters through here.
+"""
+
+from glmlab.adapters.folder import (
+    MAX_LORA_RANK,
+    TEXT_LAYERS,
+    TEXT_MODULES,
+    VISION_PREFIX,
+    VLLM_LORA_RANKS,
+    AdapterInfo,
+    VllmModules,
+    base_model_of,
+    check_adapter_folder,
+    check_adapter_name,
+    check_for_loading,
+    check_for_vllm,
+    inspect_adapter,
+    max_lora_rank,
+    module_name,
+    text_target_regex,
+    vllm_modules,
+)
+from glmlab.adapters.injected import AdapterSet
+
+__all__ = [
+    "MAX_LORA_RANK",
+    "TEXT_LAYERS",
+    "TEXT_MODULES",
+    "VISION_PREFIX",
+    "VLLM_LORA_RANKS",
+    "AdapterInfo",
+    "AdapterSet",
+    "VllmModules",
+    "base_model_of",
+    "check_adapter_folder",
+    "check_adapter_name",
+    "check_for_loading",
+    "check_for_vllm",
+    "inspect_adapter",
+    "max_lora_rank",
+    "module_name",
+    "text_target_regex",
+    "vllm_modules",
+]
