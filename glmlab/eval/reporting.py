@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from glmlab.eval.run import EvalRun
+from glmlab.files import atomic_write
 
 __all__ = ["comparison_figure", "figure_png", "report", "run_figure", "save_run_figures"]
 
@@ -219,7 +220,7 @@ def save_run_figures(run: Any, run_dir: Path, files: dict[str, str]) -> None:
         figure = Figure(figsize=(6, 4), layout="constrained")
         axes = figure.subplots()
         (draw_accuracy if kind == "accuracy" else draw_latency)(axes, [run], [run.name])
-        figure.savefig(run_dir / file_name, dpi=100)
+        atomic_write(run_dir / file_name, figure_png(figure))
 
 
 def figure_png(figure: Any, dpi: int = 100) -> bytes:
