@@ -176,7 +176,9 @@ class EvalRun:
         thumbnails = {}
         if (run_dir / THUMBNAIL_DIR).is_dir():
             thumbnails = {
-                path.name: path.read_bytes() for path in sorted((run_dir / THUMBNAIL_DIR).iterdir())
+                path.name: path.read_bytes()
+                for path in sorted((run_dir / THUMBNAIL_DIR).iterdir())
+                if not path.name.startswith(".")  # a write cut short leaves a hidden temporary file
             }
         return cls(samples_frame(rows), config, run_dir, thumbnails)
 
