@@ -23,7 +23,7 @@ from test_eval_suite import EVAL_DIR, docvqa_rows, write_docvqa_copy
 
 import glmlab
 from glmlab.data import generate, save_records
-from glmlab.errors import ConfigError
+from glmlab.errors import ConfigError, InputError
 from glmlab.eval import EvalRun, Suite, evaluate
 
 QUIET = {"progress": False}
@@ -236,6 +236,68 @@ def test_an_incomplete_last_line_is_redone_on_resume(scripted, tmp_path):
     (tmp_path / "samples.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:40], encoding="utf-8")
     run = evaluate(shapes_suite(), scripted, limit=3, run_dir=tmp_path, **QUIET)
     assert file_ids(tmp_path) == run.samples["id"].tolist() and run.samples["session"].tolist() == [1, 1, 2]
+
+
+def test_a_last_row_cut_inside_a_multibyte_character_is_truncated_away_and_redone(scripted, tmp_path):
+    script(scripted, "red")
+    suite = shapes_suite(**{"prompt.template": "{question} 请用一个词回答。"})
+    whole = evaluate(suite, scripted, limit=3, **QUIET)
+    evaluate(suite, scripted, limit=3, run_dir=tmp_path, **QUIET)
+    path = tmp_path / "samples.jsonl"
+    data = path.read_bytes()
+    last = data.rstrip(b"\n").rfind(b"\n") + 1
+    cut = data.index("请".encode(), last) + 1  # inside the 3-byte character
+    path.write_bytes(data[:cut])
+    inode = path.stat().st_ino
+    with pytest.raises(UnicodeDecodeError):
+        data[:cut].decode("utf-8")
+    run = evaluate(suite, scripted, limit=3, run_dir=tmp_path, **QUIET)
+    assert path.stat().st_ino == inode  # cut in place, not rewritten
+    assert path.read_bytes()[:last] == data[:last] and file_ids(tmp_path) == run.samples["id"].tolist()
+    assert (
+        run.samples["session"].tolist() == [1, 1, 2] and run.samples["question"].str.endswith("回答。").all()
+    )
+    columns = ["id", "question", "raw", "exact_match"]
+    pd.testing.assert_frame_equal(run.samples[columns], whole.samples[columns])
+    assert EvalRun.load(tmp_path).samples[columns].equals(whole.samples[columns])
+
+
+def test_a_complete_row_that_lost_only_its_newline_is_redone_not_kept_twice(scripted, tmp_path):
+    script(scripted, "red")
+    evaluate(shapes_suite(), scripted, limit=2, run_dir=tmp_path, **QUIET)
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(path.read_bytes()[:-1])
+    run = evaluate(shapes_suite(), scripted, limit=2, run_dir=tmp_path, **QUIET)
+    assert file_ids(tmp_path) == run.samples["id"].tolist() and run.samples["session"].tolist() == [1, 2]
+
+
+def test_a_corrupt_row_in_the_middle_or_a_corrupt_config_is_an_input_error(scripted, tmp_path):
+    script(scripted, "red")
+    evaluate(shapes_suite(), scripted, limit=2, run_dir=tmp_path, **QUIET)
+    lines = (tmp_path / "samples.jsonl").read_bytes().split(b"\n")
+    (tmp_path / "samples.jsonl").write_bytes(b"\n".join([lines[0][:-3], *lines[1:]]))
+    with pytest.raises(InputError, match="samples.jsonl line 1: not valid JSON"):
+        EvalRun.load(tmp_path)
+    (tmp_path / "config.json").write_text('{"suite": {"na')
+    with pytest.raises(InputError, match="config.json: not valid JSON"):
+        EvalRun.load(tmp_path)
+
+
+def test_state_files_are_replaced_whole_and_leave_no_temporary_files(scripted, tmp_path):
+    script(scripted, "red")
+    run = evaluate(shapes_suite(), scripted, limit=2, run_dir=tmp_path, **QUIET)
+    copy = run.save(tmp_path / "copy")
+    names = sorted(path.name for path in copy.iterdir())
+    assert names == [
+        "accuracy.png",
+        "config.json",
+        "latency.png",
+        "samples.jsonl",
+        "summary.json",
+        "thumbnails",
+    ]
+    assert not list(tmp_path.rglob("*.tmp"))
+    pd.testing.assert_frame_equal(EvalRun.load(copy).samples, EvalRun.load(tmp_path).samples)
 
 
 def test_resuming_with_a_changed_suite_is_refused(scripted, tmp_path):

@@ -95,7 +95,42 @@ def test_export_refuses_a_non_empty_folder_unless_overwrite(adapters, tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("x")
     with pytest.raises(ConfigError, match="already exists and is not empty"):
         export_vllm(adapters["alpha"], tmp_path / "out")
-    assert export_vllm(adapters["alpha"], tmp_path / "out", overwrite=True).path == tmp_path / "out"
+    (tmp_path / "out" / "keep.txt").unlink()  # an empty folder is taken
+    assert export_vllm(adapters["alpha"], tmp_path / "out").path == tmp_path / "out"
+    (tmp_path / "out" / "stale.txt").write_text("from an earlier export")
+    assert export_vllm(adapters["beta"], tmp_path / "out", overwrite=True).path == tmp_path / "out"
+    assert not (tmp_path / "out" / "stale.txt").exists()  # an earlier export is replaced whole
+    assert inspect_adapter(tmp_path / "out").modules == inspect_adapter(adapters["beta"]).modules
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_glmlab_export(adapters, tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"is not empty and holds no glmlab export \(glmlab_export.json\)"):
+        export_vllm(adapters["alpha"], tmp_path / "work", name="alpha", overwrite=True)
+    assert (tmp_path / "work" / "notes.txt").read_text() == "mine"
+    monkeypatch.chdir(tmp_path / "work")
+    for out in (".", str(tmp_path)):
+        with pytest.raises(ConfigError, match="is the current folder"):
+            export_merged(adapters["alpha"], out, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file; --out takes a folder"):
+        export_vllm(adapters["alpha"], tmp_path / "file", overwrite=True)
+
+
+def test_a_failed_merge_leaves_the_earlier_export_as_it_was(adapters, tiny_path, tmp_path):
+    from glmlab.errors import ModelLoadError
+
+    first = export_vllm(adapters["alpha"], tmp_path / "exports" / "out")
+    before = {path.name: path.read_bytes() for path in first.path.iterdir()}
+    base = shutil.copytree(tiny_path, tmp_path / "base-without-weights")
+    for weights in base.glob("*.safetensors"):
+        weights.unlink()  # its config reads, so the merge starts; loading the weights fails
+    with pytest.raises(ModelLoadError, match="could not be loaded"):
+        export_merged(adapters["alpha"], first.path, model=str(base), overwrite=True)
+    assert {path.name: path.read_bytes() for path in first.path.iterdir()} == before
+    assert sorted(path.name for path in first.path.parent.iterdir()) == ["out"]  # staging removed
 
 
 @pytest.mark.parametrize("exporter", [export_vllm, export_merged])

@@ -138,6 +138,10 @@ def test_a_run_killed_with_sigkill_resumes_past_a_half_written_checkpoint(shapes
     for name, tensor in expected.items():
         assert torch.equal(actual[name], tensor), name
     assert resumed.metrics["initial_eval_exact_match"] == shapes_run.metrics["initial_eval_exact_match"]
+    # the whole run's mean loss, not only the resumed session's
+    assert resumed.metrics["train_loss"] == shapes_run.metrics["train_loss"]
+    assert resumed.history["loss"].equals(shapes_run.history["loss"])
+    assert not list(output.glob(".*"))  # no staging folder or temporary file left behind
 
 
 def test_last_complete_checkpoint_skips_folders_without_a_readable_trainer_state(tmp_path, caplog):
@@ -180,6 +184,44 @@ def test_a_data_folder_trains_on_all_its_records_unless_train_samples_caps_it(tm
 def test_an_output_folder_with_checkpoints_needs_resume(shapes_run):
     with pytest.raises(ConfigError, match="holds checkpoints of an earlier run .*pass resume=True"):
         train(LORA_DIR / "shapes.yaml", shapes_run.output_dir, **SHORT)
+
+
+def test_resuming_with_another_recipe_is_refused_before_loading_naming_the_fields(shapes_run):
+    changed = {**SHORT, "max_steps": 8, "learning_rate": 1e-3}
+    with pytest.raises(ConfigError) as caught:
+        train(LORA_DIR / "shapes.yaml", shapes_run.output_dir, resume=True, **changed)
+    message = str(caught.value)
+    assert "its checkpoints come from another run; resuming would mix two runs" in message
+    assert "learning_rate=0.003 in the checkpoints' run, 0.001 now" in message
+    assert "max_steps=6 in the checkpoints' run, 8 now" in message and "data:" not in message
+
+
+def test_resuming_on_other_data_is_refused_naming_the_data_fingerprints(tmp_path, tiny_path):
+    from glmlab.data import generate, save_records
+
+    save_records(generate("shapes", 6, seed=1, size=56), tmp_path / "data")
+    recipe = LoraRecipe.from_dict(
+        {
+            "name": "folder",
+            "base_model": "tiny",
+            "data_path": str(tmp_path / "data"),
+            "eval_samples": 0,
+            "max_steps": 1,
+            "batch_size": 2,
+            "gradient_accumulation_steps": 1,
+            "save_every_steps": 1,
+            "gradient_checkpointing": False,
+        }
+    )
+    first = train(recipe, tmp_path / "run")
+    fingerprint = json.loads((tmp_path / "run" / "run_fingerprint.json").read_text())
+    assert fingerprint["data"] == read_run_info(first.output_dir)["data"]
+    # A resume that changes only how often the run saves and logs is the same run.
+    assert train(recipe, tmp_path / "run", resume=True, save_every_steps=5, logging_steps=2).global_step == 1
+    shutil.rmtree(tmp_path / "data")
+    save_records(generate("shapes", 6, seed=2, size=56), tmp_path / "data")
+    with pytest.raises(ConfigError, match=r"Differences: data: .*data shuffled with seed 0 \(fingerprint "):
+        train(recipe, tmp_path / "run", resume=True)
 
 
 def test_history_is_a_dataframe_of_losses_and_metrics_and_plot_is_a_figure(shapes_run):

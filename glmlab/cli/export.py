@@ -38,7 +38,9 @@ def export(
     strict: bool = typer.Option(
         False, "--strict", help="vllm: refuse vision-tower modules instead of dropping them."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier export in --out (never a folder of other files)."
+    ),
     dtype: str = typer.Option("auto", help="merged: dtype of the saved weights (auto: the checkpoint's)."),
     api_key: str = typer.Option(
         None, "--api-key", envvar="GLMLAB_API_KEY", help="--to: the server's API key."

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from glmlab.files import atomic_write
+
 __all__ = [
     "comparison_figure",
     "draw_accuracy",
@@ -90,7 +92,7 @@ def save_run_figures(run: Any, run_dir: Path, files: dict[str, str]) -> None:
         figure = Figure(figsize=(6, 4), layout="constrained")
         axes = figure.subplots()
         (draw_accuracy if kind == "accuracy" else draw_latency)(axes, [run], [run.name])
-        figure.savefig(run_dir / file_name, dpi=100)
+        atomic_write(run_dir / file_name, figure_png(figure))
 
 
 def figure_png(figure: Any, dpi: int = 100) -> bytes:

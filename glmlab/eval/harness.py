@@ -35,6 +35,7 @@ from glmlab.eval.run import (
     EvalRun,
     SampleLog,
     json_row,
+    read_config,
     read_samples,
     samples_frame,
     write_json,
@@ -42,6 +43,7 @@ from glmlab.eval.run import (
 from glmlab.eval.samples import EvalSample, SampleSet, load_samples
 from glmlab.eval.scoring import score_answer
 from glmlab.eval.suite import Suite
+from glmlab.files import atomic_write
 from glmlab.images import encode_png
 
 logger = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ class _RowWriter:
                 self.thumbnails_left -= 1
                 if self.folder:
                     (self.folder / THUMBNAIL_DIR).mkdir(exist_ok=True)
-                    (self.folder / THUMBNAIL_DIR / picture[0]).write_bytes(picture[1])
+                    atomic_write(self.folder / THUMBNAIL_DIR / picture[0], picture[1])
         self.rows[sample.id] = self.log.append(row) if self.log else json_row(row)
         if self.on_sample is not None:
             self.on_sample(self.rows[sample.id])
@@ -461,9 +463,7 @@ def _open_run_dir(folder: Path, config: dict[str, Any], resume: bool) -> Path:
                 f"run_dir {folder}: already holds samples of a run. Pass resume=True (CLI: --resume) to "
                 "continue it, or choose another folder."
             )
-        import json
-
-        previous = json.loads(existing.read_text(encoding="utf-8"))
+        previous = read_config(existing)
         changed = [key for key in _RESUME_KEYS if json_row(previous.get(key, {})) != json_row(config[key])]
         if changed:
             raise ConfigError(

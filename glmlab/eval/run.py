@@ -3,13 +3,15 @@
 A run folder is written while the run goes and read back whole by `EvalRun.load`:
 
     samples.jsonl   one JSON row per finished sample, appended and fsynced as each finishes, so an
-                    interrupted run resumes where it stopped (rows already there are never redone)
+                    interrupted run resumes where it stopped (rows already there are never redone; a
+                    last row cut off by a crash, even inside a character, is dropped and redone)
     config.json     suite, model, adapter, generation and run settings, library versions, git commit
     summary.json    metric table with 95 % intervals, latency summary, throughput (written at the end)
     accuracy.png, latency.png   the figures of `EvalRun.plot`
     thumbnails/     small PNGs of wrongly answered samples' first image, for `glmlab.eval.report`
 
-The summary is always recomputed from the rows (seeded bootstrap), so `load(save(run))` gives the
+Every other file is replaced whole (`glmlab.files.atomic_write`), so a crash never leaves a half
+file that the next resume cannot read. The summary is always recomputed from the rows (seeded bootstrap), so `load(save(run))` gives the
 same samples and the same summary, and a resumed run the summary of an uninterrupted one.
 """
 
@@ -30,6 +32,7 @@ from glmlab.errors import ConfigError, InputError
 from glmlab.eval.latency import latency_summary, throughput
 from glmlab.eval.scoring import primary_statistic, summarize
 from glmlab.eval.suite import Suite
+from glmlab.files import atomic_write, fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +148,13 @@ class EvalRun:
             raise ConfigError("run_dir: this run has no folder yet; pass save(run_dir=...).")
         target.mkdir(parents=True, exist_ok=True)
         if target != self.run_dir or not (target / SAMPLES_FILE).exists():
-            with SampleLog(target / SAMPLES_FILE, mode="w") as log:
-                for row in self.samples.to_dict("records"):
-                    log.append(row)
+            lines = (sample_line(json_row(row)) for row in self.samples.to_dict("records"))
+            atomic_write(target / SAMPLES_FILE, "".join(lines))
         write_json(target / CONFIG_FILE, self.config)
         self.write_summary(target, figures=figures)
         for name, data in self.thumbnails.items():
             (target / THUMBNAIL_DIR).mkdir(exist_ok=True)
-            (target / THUMBNAIL_DIR / name).write_bytes(data)
+            atomic_write(target / THUMBNAIL_DIR / name, data)
         self.run_dir = target
         return target
 
@@ -169,12 +171,14 @@ class EvalRun:
         run_dir = Path(run_dir)
         if not (run_dir / CONFIG_FILE).is_file():
             raise InputError(f"{run_dir}: not an eval run folder (no {CONFIG_FILE}).")
-        config = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = read_config(run_dir / CONFIG_FILE)
         rows = read_samples(run_dir / SAMPLES_FILE)
         thumbnails = {}
         if (run_dir / THUMBNAIL_DIR).is_dir():
             thumbnails = {
-                path.name: path.read_bytes() for path in sorted((run_dir / THUMBNAIL_DIR).iterdir())
+                path.name: path.read_bytes()
+                for path in sorted((run_dir / THUMBNAIL_DIR).iterdir())
+                if not path.name.startswith(".")  # a write cut short leaves a hidden temporary file
             }
         return cls(samples_frame(rows), config, run_dir, thumbnails)
 
@@ -211,21 +215,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A run folder's config.json (an InputError naming the file when it is not JSON)."""
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise InputError(f"{path}: not valid JSON ({error}); the file was edited or corrupted.") from None
+
+
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    """Rows of a samples.jsonl; a last line cut off by a crash is dropped (it is redone on resume)."""
+    """Rows of a samples.jsonl; a last line cut off by a crash is dropped (it is redone on resume).
+
+    Every row ends with a newline, written in the same call as the row, so a last line without one
+    is a write cut short: it is dropped undecoded (the cut may fall inside a multi-byte character).
+    """
     if not path.is_file():
         return []
     rows, seen = [], set()
-    lines = path.read_text(encoding="utf-8").split("\n")
+    *lines, tail = path.read_bytes().split(b"\n")
+    if tail:
+        logger.warning("%s: dropping an incomplete last line (the run was interrupted)", path)
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # the unterminated last line of an interrupted write
-                logger.warning("%s: dropping an incomplete last line (the run was interrupted)", path)
-                continue
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError: a complete line that is not JSON
             raise InputError(
                 f"{path} line {number}: not valid JSON; the file was edited or corrupted."
             ) from None
@@ -236,18 +251,25 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def sample_line(stored: dict[str, Any]) -> str:
+    """One samples.jsonl line: the row as JSON and its newline (the mark of a complete row)."""
+    return json.dumps(stored, ensure_ascii=False) + "\n"
+
+
 class SampleLog:
     """samples.jsonl opened for appending: each row is flushed and fsynced before the next sample runs."""
 
-    def __init__(self, path: Path, mode: str = "a") -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        if mode == "a":
-            _drop_incomplete_last_line(path)
-        self._file = path.open(mode, encoding="utf-8")
+        existed = path.is_file()
+        _drop_incomplete_last_line(path)
+        self._file = path.open("ab")
+        if not existed:
+            fsync_dir(path.parent)
 
     def append(self, row: dict[str, Any]) -> dict[str, Any]:
         stored = json_row(row)
-        self._file.write(json.dumps(stored, ensure_ascii=False) + "\n")
+        self._file.write(sample_line(stored).encode("utf-8"))  # one write: the row, then its newline
         self._file.flush()
         os.fsync(self._file.fileno())
         return stored
@@ -262,19 +284,33 @@ class SampleLog:
         self.close()
 
 
-def _drop_incomplete_last_line(path: Path) -> None:
-    """Cut a partial last line (no trailing newline) so the next row starts on its own line."""
+def _drop_incomplete_last_line(path: Path, block: int = 1 << 16) -> None:
+    """Truncate a partial last line (no trailing newline) so the next row starts on its own line.
+
+    Only the tail is read, backwards from the end, and the file is cut in place, never rewritten.
+    """
     if not path.is_file():
         return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+    with path.open("r+b") as file:
+        size = end = file.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - block)
+            file.seek(start)
+            newline = file.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+        if end == size:
+            return
+        file.truncate(end)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(
-        json.dumps(_plain(data), ensure_ascii=False, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    """A JSON state file of the run folder, replaced whole (see `glmlab.files.atomic_write`)."""
+    atomic_write(path, json.dumps(_plain(data), ensure_ascii=False, indent=2, allow_nan=False) + "\n")
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -55,20 +55,21 @@ def export_merged(
             "or serve the adapter unmerged (glmlab export --format vllm)."
         )
     dtype = _merge_dtype(config, dtype)
-    out = prepare_output(out, overwrite, info.path)
-    vlm = load(base, dtype=dtype, device=device)
-    merged = PeftModel.from_pretrained(vlm.model, str(info.path)).merge_and_unload()
-    merged.save_pretrained(out)
-    vlm.processor.save_pretrained(out)
-    manifest = {
-        "format": "merged",
-        "base_model": base,
-        "adapter": str(info.path.resolve()),
-        "rank": info.rank,
-        "modules": info.modules,
-        "dtype": dtype,
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    out = Path(out).expanduser()
+    with prepare_output(out, overwrite, info.path) as staging:  # `out` is replaced only on success
+        vlm = load(base, dtype=dtype, device=device)
+        merged = PeftModel.from_pretrained(vlm.model, str(info.path)).merge_and_unload()
+        merged.save_pretrained(staging)
+        vlm.processor.save_pretrained(staging)
+        manifest = {
+            "format": "merged",
+            "base_model": base,
+            "adapter": str(info.path.resolve()),
+            "rank": info.rank,
+            "modules": info.modules,
+            "dtype": dtype,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
     logger.info("merged %s into %s: %s", info.path, base, out)
     return out
 

@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from glmlab.files import atomic_write
 from glmlab.lora.recipe import LoraRecipe
 
 RUN_FILE = "glmlab.json"
@@ -30,12 +31,10 @@ def library_versions() -> dict[str, str]:
 
 
 def write_run_files(output_dir: Path, info: dict[str, Any]) -> None:
-    """Write glmlab.json and README.md (the model card) into the adapter folder."""
+    """Write glmlab.json and README.md (the model card) into the adapter folder, each replaced whole."""
     info = {**info, "versions": library_versions()}
-    (output_dir / RUN_FILE).write_text(
-        json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8"
-    )
-    (output_dir / "README.md").write_text(model_card(info), encoding="utf-8")
+    atomic_write(output_dir / RUN_FILE, json.dumps(info, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write(output_dir / "README.md", model_card(info))
 
 
 def read_run_info(output_dir: str | Path) -> dict[str, Any]:

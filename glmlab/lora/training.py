@@ -6,6 +6,11 @@ checkpoints and `resume_from_checkpoint`, tqdm bars in a terminal or notebook, `
 (`LoraCollator`), a loss computed only where the labels are (logits for the answer tokens only, not
 for every prompt and image token over a 151,552-token vocabulary), held-out answers scored with a
 glmlab.eval metric, and an output folder that both glmlab and plain peft load.
+
+Nothing is lost on a crash: every file of the output folder is replaced whole (a temporary file
+renamed into place), the Trainer's checkpoints restore weights, optimiser, data order and RNG state,
+and a resume first checks that the checkpoints come from the same recipe and data
+(`run_fingerprint.json`, written when the run starts), so two runs are never mixed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,10 +27,11 @@ from typing import Any
 
 import pandas as pd
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
 from glmlab.errors import ConfigError
+from glmlab.files import atomic_write, fsync_dir
 from glmlab.lora.card import write_run_files
 from glmlab.lora.collator import IGNORE_INDEX, LoraCollator, answer_end_token_id
 from glmlab.lora.data import load_training_data
@@ -35,6 +42,18 @@ from glmlab.lora.recipe import LoraRecipe, load_recipe
 logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 INITIAL_EVAL_FILE = "initial_eval.json"
+RUN_FINGERPRINT_FILE = "run_fingerprint.json"
+# Recipe fields a resumed run may change: they label the run, set how often it logs, evaluates and
+# saves, or trade memory for time, and leave the adapter's weights as they would have been.
+RESUMABLE_CHANGES = (
+    "name",
+    "description",
+    "eval_every_steps",
+    "save_every_steps",
+    "save_total_limit",
+    "logging_steps",
+    "gradient_checkpointing",
+)
 
 
 @dataclass
@@ -91,7 +110,9 @@ def train(
     recipe: a LoraRecipe, a recipe YAML path, or a shipped recipe's name ("shapes").
     overrides: recipe fields to change for this run (e.g. base_model="tiny", max_steps=20); the given
     recipe object is never modified.
-    resume: continue from the newest checkpoint in output_dir/checkpoints (after a crash or kill).
+    resume: continue from the newest checkpoint in output_dir/checkpoints (after a crash or kill);
+        refused when the checkpoints come from another recipe or other data (the message names them;
+        only the fields in RESUMABLE_CHANGES may differ).
     callbacks: extra transformers TrainerCallbacks.
     progress: a progress bar over the steps and one line per held-out evaluation (False: silent).
     Returns a TrainResult; the folder holds adapter_config.json, adapter_model.safetensors,
@@ -100,10 +121,13 @@ def train(
     recipe = load_recipe(recipe).replace(**overrides)
     output_dir = Path(output_dir)
     checkpoint = _checkpoint_to_resume(output_dir, resume)
+    _check_same_run(output_dir, checkpoint, run_fingerprint(recipe))  # before the model loads
     device, precision = resolve_device_and_precision(recipe)
     torch.manual_seed(recipe.seed)
     vlm = _load_base(recipe, device, precision)
     data = load_training_data(recipe)
+    fingerprint = run_fingerprint(recipe, data)
+    _check_same_run(output_dir, checkpoint, fingerprint)
     model = _with_adapter(vlm, recipe)
     collator = LoraCollator(
         vlm.processor,
@@ -128,15 +152,19 @@ def train(
     for replaced in TrainingProgress.replaces:
         trainer.remove_callback(replaced)
     trainer.add_callback(TrainingProgress(enabled=progress))
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(output_dir / RUN_FINGERPRINT_FILE, json.dumps(fingerprint, indent=2) + "\n")
     initial = _initial_metrics(trainer, output_dir, checkpoint)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*use_cache=True.*")
-        output = trainer.train(resume_from_checkpoint=checkpoint)
+        trained_loss = _train(trainer, checkpoint)
     if evaluator is not None and not _evaluated_at(trainer.state.log_history, trainer.state.global_step):
         trainer.evaluate()
     runtime = time.perf_counter() - start
-    metrics = {**initial, **_final_metrics(trainer.state.log_history), "train_loss": output.training_loss}
+    history = trainer.state.log_history
+    metrics = {**initial, **_final_metrics(history), "train_loss": _train_loss(history, trained_loss)}
     _save(trainer, output_dir, recipe, vlm, data, metrics, runtime)
     return TrainResult(
         output_dir=output_dir,
@@ -147,6 +175,21 @@ def train(
         train_runtime_s=runtime,
         eval_answers=evaluator.last_answers if evaluator else None,
     )
+
+
+def _train(trainer: LoraTrainer, checkpoint: str | None) -> float:
+    """`trainer.train`, except from the checkpoint of a run that had finished training (killed while
+    evaluating or saving the adapter): then only its weights and state are loaded, as the Trainer
+    does, because resuming at max_steps in mid-epoch would run one step past it. Returns the loss.
+    """
+    if checkpoint is not None:
+        state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+        if state.max_steps and state.global_step >= state.max_steps:
+            model = trainer.model
+            model.load_adapter(checkpoint, model.active_adapter, is_trainable=True)
+            trainer.state = state
+            return 0.0
+    return trainer.train(resume_from_checkpoint=checkpoint).training_loss
 
 
 class LoraTrainer(Trainer):
@@ -343,6 +386,56 @@ def _checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
     return None
 
 
+def run_fingerprint(recipe: LoraRecipe, data: Any = None) -> dict[str, Any]:
+    """What makes two runs the same run: the recipe fields that change the adapter, and the data."""
+    fields = {key: value for key, value in recipe.to_dict().items() if key not in RESUMABLE_CHANGES}
+    fingerprint = {"recipe": json.loads(json.dumps(fields, default=str))}  # tuples -> lists, as stored
+    if data is not None:
+        fingerprint["data"] = data.describe()
+    return fingerprint
+
+
+def _check_same_run(output_dir: Path, checkpoint: str | None, current: dict[str, Any]) -> None:
+    """Refuse to resume checkpoints written by another recipe or on other data, naming what differs."""
+    path = output_dir / RUN_FINGERPRINT_FILE
+    if checkpoint is None:
+        return
+    if not path.is_file():
+        if "data" in current:  # warn once: this check runs before and after the data is loaded
+            logger.warning(
+                "%s has no %s (an older glmlab wrote it): cannot check that its checkpoints come from "
+                "this recipe and data",
+                output_dir,
+                RUN_FINGERPRINT_FILE,
+            )
+        return
+    try:
+        saved = json.loads(path.read_bytes())
+    except ValueError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error}); the file was edited or corrupted.") from None
+    differences = [
+        f"{key}={saved['recipe'].get(key)!r} in the checkpoints' run, {current['recipe'].get(key)!r} now"
+        for key in sorted(saved["recipe"].keys() | current["recipe"].keys())
+        if saved["recipe"].get(key) != current["recipe"].get(key)
+    ]
+    if (
+        "data" in current
+        and "data" in saved
+        and saved["data"]["fingerprint"] != current["data"]["fingerprint"]
+    ):
+        before, now = saved["data"], current["data"]
+        differences.append(
+            f"data: {before['source']} (fingerprint {before['fingerprint'][:12]}) in the checkpoints' "
+            f"run, {now['source']} (fingerprint {now['fingerprint'][:12]}) now"
+        )
+    if differences:
+        raise ConfigError(
+            f"{output_dir}: its checkpoints come from another run; resuming would mix two runs. "
+            f"Differences: {'; '.join(differences)}. Resume with the same recipe and data, or choose "
+            "another output folder."
+        )
+
+
 def last_complete_checkpoint(folder: Path) -> Path | None:
     """The newest checkpoint the Trainer finished writing, skipping one cut short by a kill.
 
@@ -383,7 +476,7 @@ def _initial_metrics(trainer: LoraTrainer, output_dir: Path, checkpoint: str | N
     measured = trainer.evaluator.run("initial_eval")
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(measured))
+        atomic_write(path, json.dumps(measured))
     logger.info("before training: %s", measured)
     return measured
 
@@ -399,6 +492,22 @@ def _final_metrics(log_history: list[dict]) -> dict[str, float]:
     for entry in log_history:
         latest.update({key: value for key, value in entry.items() if key.startswith("eval_")})
     return latest
+
+
+def _train_loss(log_history: list[dict], fallback: float) -> float:
+    """Mean training loss of the whole run from the logged losses, each weighted by the steps it covers.
+
+    The Trainer's own `training_loss` covers only the steps of the last session, so a resumed run
+    would report another number than an uninterrupted one; the log history is restored with the
+    checkpoint. Steps after the last logging step are not counted (`fallback` when none was logged).
+    """
+    total = steps = last = 0
+    for entry in log_history:
+        if "loss" in entry and entry.get("step", 0) > last:
+            total += entry["loss"] * (entry["step"] - last)
+            steps += entry["step"] - last
+            last = entry["step"]
+    return total / steps if steps else fallback
 
 
 def history_frame(log_history: list[dict], initial: dict[str, float] | None = None) -> pd.DataFrame:
@@ -423,12 +532,9 @@ def _save(
     metrics: dict[str, float],
     runtime: float,
 ) -> None:
-    trainer.save_model(str(output_dir))
+    _save_adapter(trainer, output_dir)
     if not trainer.is_world_process_zero():
         return
-    (output_dir / "training_args.bin").unlink(
-        missing_ok=True
-    )  # pickled; the recipe in glmlab.json says it all
     model = trainer.model
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     write_run_files(
@@ -446,3 +552,26 @@ def _save(
             "adapted_modules": len(adapted_module_names(model)),
         },
     )
+
+
+def _save_adapter(trainer: LoraTrainer, output_dir: Path) -> None:
+    """The final adapter, saved in a staging folder and then renamed file by file into output_dir.
+
+    Each rename replaces a whole file, so a kill leaves the previous file or the new one, never a
+    truncated safetensors; a resumed run saves it again from the last checkpoint.
+    """
+    staging = output_dir / ".adapter.staging"
+    if trainer.is_world_process_zero() and staging.exists():
+        shutil.rmtree(staging)  # left by a run killed while saving
+    trainer.save_model(str(staging))
+    if not trainer.is_world_process_zero():
+        return
+    skipped = ("training_args.bin", "README.md")  # pickled arguments (glmlab.json says it all); peft's card
+    for path in sorted(staging.iterdir(), key=lambda path: path.name != "adapter_model.safetensors"):
+        if path.name in skipped or not path.is_file():
+            continue
+        with path.open("rb") as file:
+            os.fsync(file.fileno())
+        os.replace(path, output_dir / path.name)
+    shutil.rmtree(staging)
+    fsync_dir(output_dir)
