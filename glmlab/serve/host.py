@@ -26,11 +26,16 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class Ticket:
-    """One admitted request: holds a queue place, then the generation slot; `close` frees both."""
+    """One admitted request: holds a queue place, then the generation slot while the model works for it.
+
+    `end_generation` frees the slot as soon as the model is done (a slow client still reading its
+    stream does not hold it); `close` frees whatever the ticket still holds.
+    """
 
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         self.generating = False
+        self.sending = False  # generated, its response still being sent
         self.closed = False
 
     async def start_generation(self) -> None:
@@ -39,14 +44,24 @@ class Ticket:
         self.generating = True
         self.host.running += 1
 
+    def end_generation(self) -> None:
+        """The model is done with this request: free the slot (its response may still be sending)."""
+        if self.generating:
+            self.generating = False
+            self.host.running -= 1
+            self.host.generation_slot.release()
+            self.sending = True
+            self.host.sending += 1
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.end_generation()
         self.host.admitted -= 1
-        if self.generating:
-            self.host.running -= 1
-            self.host.generation_slot.release()
+        if self.sending:
+            self.sending = False
+            self.host.sending -= 1
 
 
 class ModelHost:
@@ -57,8 +72,9 @@ class ModelHost:
         self.vlm = vlm
         self.load_error: str | None = None
         self.ready = threading.Event()
-        self.admitted = 0  # queued + running; only touched on the event loop
+        self.admitted = 0  # queued + running + sending; only touched on the event loop
         self.running = 0
+        self.sending = 0
         self.generation_slot = anyio.Semaphore(1)
         if vlm is not None:
             self._load_start_adapters(vlm)

@@ -34,7 +34,14 @@ INSTALL_HINT = (
 )
 
 # glmlab server limits with no `vllm serve` counterpart (vLLM has its own defaults for these)
-VLLM_IGNORES = ("allow_urls", "max_input_pixels", "max_request_bytes", "max_concurrency", "timeout_s")
+VLLM_IGNORES = (
+    "allow_urls",
+    "max_input_pixels",
+    "max_request_bytes",
+    "max_concurrency",
+    "timeout_s",
+    "send_timeout_s",
+)
 
 
 @dataclass
@@ -77,6 +84,8 @@ def vllm_command(settings: ServerSettings, extra_args: Sequence[str] = ()) -> Vl
         from glmlab.prompts import pixel_budget_size
 
         argv += ["--mm-processor-kwargs", json.dumps({"size": pixel_budget_size(settings.max_image_pixels)})]
+    if settings.max_model_len:
+        argv += ["--max-model-len", str(settings.max_model_len)]
     if settings.dtype != "auto":
         argv += ["--dtype", settings.dtype]
     if settings.quantize == "4bit":
