@@ -7,6 +7,7 @@ then the checkpoint's own generation_config, then what the caller passed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -61,9 +62,7 @@ def generation_config(base: GenerationConfig, settings: GenerationSettings) -> G
         config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
     elif settings.temperature is not None or settings.top_p is not None or settings.top_k is not None:
         config.do_sample = True
-    if settings.stop:
-        config.stop_strings = list(settings.stop)
-    return config
+    return config  # stop strings are not set here: see StopStrings
 
 
 def seed_everything(seed: int | None) -> None:
@@ -123,6 +122,66 @@ class StopSignal(StoppingCriteria):
         )
 
 
+class StopStrings(StoppingCriteria):
+    """Ends a row once one of `stops` appears in its text generated after `prompt_length` tokens.
+
+    Hand-written instead of transformers' `stop_strings` (StopStringCriteria), whose set-up walks the
+    whole vocabulary for every stop string: seconds of model time per request for a few long ones.
+    This decodes, each step, only the tail that can hold a stop string (a character is at most 4
+    byte-level tokens), hiding structural tokens as the answer does; the answer itself is still cut
+    by `VLM.decode_answer`, so this only decides when generating can end.
+    """
+
+    def __init__(self, tokenizer: Any, stops: list[str], prompt_length: int, hidden_ids: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.prompt_length = prompt_length
+        self.hidden_ids = hidden_ids
+        self.window = 4 * max(len(stop) for stop in stops) + 4
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        start = max(self.prompt_length, input_ids.shape[1] - self.window)
+        done = []
+        for row in input_ids[:, start:].tolist():
+            text = self.tokenizer.decode([token for token in row if token not in self.hidden_ids])
+            done.append(any(stop in text for stop in self.stops))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class Interrupted(Exception):
+    """Raised inside the network by `interruptible` to abandon a prefill that was asked to stop."""
+
+
+@contextlib.contextmanager
+def interruptible(model: torch.nn.Module, event: threading.Event | None, clock: Any):
+    """Let `event` abort the prompt's forward pass (prefill, image prefix) between two layers.
+
+    A StoppingCriteria is only asked after a token is generated, so without this a long prompt would
+    hold the model past any deadline. Every block of every ModuleList (decoder layers, vision blocks)
+    checks the event before running; once `clock` has seen the first token, StopSignal takes over
+    (it keeps the tokens generated so far, which an exception would lose).
+    """
+    if event is None:
+        yield
+        return
+
+    def check(module: torch.nn.Module, args: Any) -> None:
+        if event.is_set() and clock.first_token_time is None:
+            raise Interrupted
+
+    blocks = [
+        block for module in model.modules() if isinstance(module, torch.nn.ModuleList) for block in module
+    ]
+    handles = [block.register_forward_pre_hook(check) for block in blocks]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class Stream:
     """Text pieces of an answer as they are generated; `answer` holds the final Answer afterwards.
 
@@ -173,6 +232,10 @@ class Stream:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def wait(self) -> None:
+        """Block until generation has ended (the model is free again), whether or not it was read."""
+        self._thread.join()
 
     @property
     def answer(self) -> Answer:

@@ -25,11 +25,14 @@ from glmlab.errors import GlmlabError, InputError, ModelLoadError
 from glmlab.generation import (
     STRUCTURAL_TOKENS,
     GenerationSettings,
+    Interrupted,
     StopSignal,
+    StopStrings,
     Stream,
     TextClock,
     TokenClock,
     generation_config,
+    interruptible,
     seed_everything,
 )
 from glmlab.prefix_cache import (
@@ -105,6 +108,11 @@ class VLM:
     def dtype(self) -> torch.dtype:
         return next(p for p in self.model.parameters() if p.is_floating_point()).dtype
 
+    @property
+    def context_length(self) -> int:
+        """Prompt plus new tokens the model can attend to (its text config's max_position_embeddings)."""
+        return int(self.model.config.get_text_config().max_position_embeddings)
+
     # ---- asking --------------------------------------------------------------------------------
 
     def ask(
@@ -144,15 +152,18 @@ class VLM:
         adapter: Any = _ACTIVE,
         max_image_pixels: int | None = None,
         cache: bool | PrefixCache = True,
+        max_model_len: int | None = None,
         **gen: Any,
     ) -> Answer:
         """Answer the last turn of a conversation (OpenAI or transformers message format).
 
         cache: True uses the model's prefix cache, False none, a PrefixCache that one (a session's).
+        max_model_len: a lower limit than the model's context on prompt + new tokens (see `fit_context`).
         """
         settings = GenerationSettings(**gen)
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
-        return self._generate(prompt, settings, adapter, TokenClock(), None, self._cache_for(cache))
+        config = self.fit_context(prompt.prompt_tokens, settings, max_model_len)
+        return self._generate(prompt, settings, config, adapter, TokenClock(), None, self._cache_for(cache))
 
     def batch(
         self,
@@ -178,7 +189,8 @@ class VLM:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size={batch_size!r}: must be an integer >= 1.")
         prepared = [
-            self._prepare_item(index, item, thinking, max_image_pixels) for index, item in enumerate(items)
+            self._prepare_item(index, item, thinking, max_image_pixels, settings)
+            for index, item in enumerate(items)
         ]
         answers: list[Answer | None] = [None] * len(items)
         for item in prepared:
@@ -206,19 +218,54 @@ class VLM:
         adapter: Any = _ACTIVE,
         max_image_pixels: int | None = None,
         cache: bool = True,
+        max_model_len: int | None = None,
         **gen: Any,
     ) -> Stream:
-        """Like `chat`, streamed. Bad input raises here, before any thread starts."""
+        """Like `chat`, streamed. Bad input (a prompt over the context too) raises here, before any
+        thread starts."""
         settings = GenerationSettings(**gen)
         self._check_requested_adapter(adapter)
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+        config = self.fit_context(prompt.prompt_tokens, settings, max_model_len)
         streamer = TextClock(self.tokenizer, self.hidden_token_ids)
         cache = self._cache_for(cache)
         return Stream(
-            lambda clock, stop: self._generate(prompt, settings, adapter, clock, stop, cache),
+            lambda clock, stop: self._generate(prompt, settings, config, adapter, clock, stop, cache),
             streamer,
             settings.stop,
         )
+
+    def fit_context(
+        self, prompt_tokens: int, settings: GenerationSettings, max_model_len: int | None = None
+    ) -> Any:
+        """The call's GenerationConfig, checked against the context before any prefill runs.
+
+        A prompt plus max_new_tokens over the limit (the model's context, or `max_model_len` if lower)
+        raises InputError saying both numbers; when the caller set no max_new_tokens, the default
+        shrinks to what fits instead (as vLLM does).
+        """
+        config = generation_config(self.model.generation_config, settings)
+        limit = min(self.context_length, max_model_len or self.context_length)
+        what = (
+            f"the max_model_len limit of {limit:,} tokens"
+            if limit < self.context_length
+            else f"the {limit:,}-token context of {self.name}"
+        )
+        if prompt_tokens >= limit:
+            raise InputError(
+                f"the prompt has {prompt_tokens:,} tokens, which leaves no room under {what}; "
+                "shorten it or send fewer or smaller images (max_image_pixels)."
+            )
+        if prompt_tokens + config.max_new_tokens > limit:
+            if settings.max_new_tokens is not None:
+                raise InputError(
+                    f"the prompt has {prompt_tokens:,} tokens and max_new_tokens (max_tokens) asks for "
+                    f"{config.max_new_tokens:,} more: {prompt_tokens + config.max_new_tokens:,} in all, "
+                    f"over {what}; ask for at most {limit - prompt_tokens:,} new tokens or shorten the "
+                    "prompt."
+                )
+            config.max_new_tokens = limit - prompt_tokens
+        return config
 
     def prepare(
         self,
@@ -250,28 +297,43 @@ class VLM:
         self,
         prompt: Prompt,
         settings: GenerationSettings,
+        config: Any,
         adapter: Any,
         clock: Any,
         stop: threading.Event | None,
         prefix_cache: PrefixCache | None = None,
     ) -> Answer:
-        config = generation_config(self.model.generation_config, settings)
+        """Generate under the lock. `stop` (when given) ends it early, also during the prefill."""
         inputs = self._to_device(prompt.features)
         criteria = [StopSignal(stop)] if stop is not None else []
-        with self.lock, self.using_adapter(adapter), torch.inference_mode():
+        with (
+            self.lock,
+            self.using_adapter(adapter),
+            torch.inference_mode(),
+            interruptible(self.model, stop, clock),
+        ):
             seed_everything(settings.seed)
             start = time.perf_counter()
-            if prefix_cache is not None:
-                inputs = self._continue_from_prefix(inputs, prompt, prefix_cache)
-            output = self.model.generate(
-                **inputs,
-                generation_config=config,
-                streamer=clock,
-                stopping_criteria=criteria or None,
-                tokenizer=self.tokenizer,
-            )
+            try:
+                if prefix_cache is not None:
+                    inputs = self._continue_from_prefix(inputs, prompt, prefix_cache)
+                if settings.stop:
+                    criteria.append(
+                        StopStrings(
+                            self.tokenizer, settings.stop, inputs["input_ids"].shape[1], self.hidden_token_ids
+                        )
+                    )
+                output = self.model.generate(
+                    **inputs,
+                    generation_config=config,
+                    streamer=clock,
+                    stopping_criteria=criteria or None,
+                )
+                new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
+            except Interrupted:  # stopped before the first token: nothing to keep
+                clock.end()
+                new_ids = []
             end = time.perf_counter()
-        new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
         return self.decode_answer(new_ids, prompt, settings, start, clock.first_token_time, end, adapter)
 
     def _continue_from_prefix(
@@ -313,11 +375,19 @@ class VLM:
         return sum(parameter._version for parameter in self.model.parameters()) + self._adapters.version
 
     def _prepare_item(
-        self, index: int, item: Any, thinking: bool | None, max_image_pixels: int | None
+        self,
+        index: int,
+        item: Any,
+        thinking: bool | None,
+        max_image_pixels: int | None,
+        settings: GenerationSettings | None = None,
     ) -> batching.BatchItem:
+        """A prepared batch item, or its error (also a prompt over the context when `settings` is given)."""
         try:
             messages = batching.item_messages(item)
             prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+            if settings is not None:
+                self.fit_context(prompt.prompt_tokens, settings)
         except GlmlabError as error:
             return batching.BatchItem(index, error=str(error))
         return batching.BatchItem(index, prompt)
@@ -332,14 +402,20 @@ class VLM:
             [item.prompt.features for item in group], self.tokenizer.pad_token_id
         )
         inputs = self._to_device(collated)
-        config = generation_config(self.model.generation_config, settings)
+        config = self.fit_context(max(item.prompt.prompt_tokens for item in group), settings)
+        width = inputs["input_ids"].shape[1]
+        criteria = (
+            [StopStrings(self.tokenizer, settings.stop, width, self.hidden_token_ids)]
+            if settings.stop
+            else None
+        )
         clock = TokenClock()
         try:
             with self.lock, self.using_adapter(adapter), torch.inference_mode():
                 seed_everything(settings.seed)
                 start = time.perf_counter()
                 output = self.model.generate(
-                    **inputs, generation_config=config, streamer=clock, tokenizer=self.tokenizer
+                    **inputs, generation_config=config, streamer=clock, stopping_criteria=criteria
                 )
                 end = time.perf_counter()
         except GlmlabError:
@@ -347,7 +423,6 @@ class VLM:
         except (RuntimeError, ValueError) as error:
             logger.warning("a batch of %d failed (%s); answering its items one by one", len(group), error)
             return [self._generate_one_safely(item, settings, adapter) for item in group]
-        width = inputs["input_ids"].shape[1]
         return [
             self.decode_answer(
                 output[row, width:].tolist(),
@@ -365,7 +440,8 @@ class VLM:
         self, item: batching.BatchItem, settings: GenerationSettings, adapter: Any
     ) -> Answer:
         try:
-            return self._generate(item.prompt, settings, adapter, TokenClock(), None)
+            config = self.fit_context(item.prompt.prompt_tokens, settings)
+            return self._generate(item.prompt, settings, config, adapter, TokenClock(), None)
         except (GlmlabError, RuntimeError, ValueError) as error:
             return Answer(text="", finish_reason="error", error=f"{type(error).__name__}: {error}")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
@@ -78,6 +79,7 @@ def create_app(
     app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.trusted_hosts())
     errors.install(app)
     _add_routes(app, host)
+    _document_errors_as_answered(app)
     return app
 
 
@@ -201,8 +203,11 @@ class BodyLimitMiddleware:
 
 def _add_routes(app: FastAPI, host: ModelHost) -> None:
     created = int(time.time())
+    # Every status a route can answer is declared (with OpenAI's error body) in /openapi.json.
+    auth = (401,) if host.settings.api_key else ()
+    plain_text = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}}}
 
-    @app.get("/health")
+    @app.get("/health", responses=errors.documented(500, 503))
     async def health() -> dict[str, Any]:
         vlm = host.require_ready()
         return {
@@ -210,27 +215,46 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             "model": host.base_name,
             "adapters": list(vlm.adapters),
             "running": host.running,
-            "queued": host.admitted - host.running,
+            "queued": host.admitted - host.running - host.sending,
+            "sending": host.sending,
         }
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=errors.documented(*auth, 500, 503))
     async def models() -> dict[str, Any]:
         names = host.model_names()
         return schemas.models_body(names[0], names[1:], created)
 
-    @app.post("/v1/load_lora_adapter")
+    @app.post(
+        "/v1/load_lora_adapter",
+        response_class=PlainTextResponse,
+        responses={**plain_text, **errors.documented(400, *auth, 413, 415, 500, 503)},
+    )
     async def load_lora_adapter(request: schemas.LoadAdapterRequest) -> PlainTextResponse:
         name = await run_in_threadpool(
             host.load_adapter, request.lora_name, request.lora_path, replace=request.load_inplace
         )
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
-    @app.post("/v1/unload_lora_adapter")
+    @app.post(
+        "/v1/unload_lora_adapter",
+        response_class=PlainTextResponse,
+        responses={**plain_text, **errors.documented(400, *auth, 404, 413, 415, 500, 503)},
+    )
     async def unload_lora_adapter(request: schemas.UnloadAdapterRequest) -> PlainTextResponse:
         await run_in_threadpool(host.unload_adapter, request.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{request.lora_name}' removed successfully.")
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses={
+            200: {
+                "description": "A chat.completion, or with stream=true its chunks as server-sent events.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **errors.documented(400, *auth, 404, 413, 415, 429, 500, 503, 504),
+        },
+    )
     async def chat_completions(request: schemas.ChatCompletionRequest) -> JSONResponse | StreamingResponse:
         adapter = host.resolve_model(request.model)
         model_name = request.model or host.base_name
@@ -243,13 +267,38 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             raise
         if request.stream:
             events = _events(stream, schemas.new_completion_id(), model_name, request.include_usage, deadline)
-            return EventStreamResponse(events, cleanup=lambda: (stream.stop(), ticket.close()))
+            return EventStreamResponse(
+                events,
+                generated=partial(_end_generation, stream, ticket),
+                cleanup=ticket.close,
+                send_timeout_s=host.settings.send_timeout_s,
+            )
         try:
             answer = await _finish(stream, deadline)
         finally:
-            stream.stop()  # a no-op once finished; ends a timed-out generation at its next token
+            await _end_generation(stream, ticket)
             ticket.close()
         return JSONResponse(schemas.completion_body(schemas.new_completion_id(), model_name, answer))
+
+
+def _document_errors_as_answered(app: FastAPI) -> None:
+    """/openapi.json with OpenAI's error body for every declared error status, and without FastAPI's
+    automatic 422 (validation errors are answered as 400)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas_ = document.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas_.pop(name, None)
+            schemas_.update(errors.error_schemas())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _start_generation(
@@ -284,9 +333,19 @@ async def _start_generation(
         thinking=request.thinking,
         adapter=adapter,
         max_image_pixels=settings.max_image_pixels,
+        max_model_len=settings.max_model_len,
         **request.generation_options(),
     )
     return await run_in_threadpool(start)
+
+
+async def _end_generation(stream: Any, ticket: Ticket) -> None:
+    """Stop generating (a no-op once finished; a prefill stops between two layers), wait until the
+    model is free, then free the generation slot."""
+    stream.stop()
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(stream.wait)
+    ticket.end_generation()
 
 
 async def _finish(stream: Any, deadline: float) -> Any:
@@ -354,16 +413,55 @@ def _sse(body: dict[str, Any]) -> str:
 
 
 class EventStreamResponse(StreamingResponse):
-    """A text/event-stream response that always runs `cleanup` (stop generating, free the queue place),
-    also when the client disconnects mid-stream or before the first event."""
+    """A text/event-stream response whose generation runs ahead of the client.
 
-    def __init__(self, events: AsyncIterator[str], cleanup: Callable[[], Any]) -> None:
+    Events are buffered as they are made (one answer's worth: at most max_tokens small pieces), so
+    `generated` (stop generating, wait for the model, free the generation slot) runs as soon as the
+    model is done, not when a slow client has read everything. Each send must finish within
+    `send_timeout_s`, or the stream is dropped and the connection closed: a stalled reader loses its
+    own stream, not other users' requests. `generated` and `cleanup` (free the queue place) always
+    run, also when the client disconnects mid-stream or before the first event.
+    """
+
+    def __init__(
+        self,
+        events: AsyncIterator[str],
+        *,
+        generated: Callable[[], Any],
+        cleanup: Callable[[], Any],
+        send_timeout_s: float,
+    ) -> None:
         super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._events = events
+        self._generated = generated
         self._cleanup = cleanup
+        self._send_timeout_s = send_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sink, self.body_iterator = anyio.create_memory_object_stream[str](math.inf)
         try:
-            await super().__call__(scope, receive, send)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._produce, sink)
+                await super().__call__(scope, receive, partial(self._send, send, group.cancel_scope))
+                group.cancel_scope.cancel()  # sent, dropped or disconnected: nothing more to produce
         finally:
-            self._cleanup()
-            await self.body_iterator.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._generated()
+                self._cleanup()
+                await self._events.aclose()
+
+    async def _produce(self, sink: Any) -> None:
+        with sink:
+            async for event in self._events:
+                sink.send_nowait(event)
+        await self._generated()
+
+    async def _send(self, send: Send, stream_scope: anyio.CancelScope, message: Message) -> None:
+        with anyio.move_on_after(self._send_timeout_s) as timer:
+            await send(message)
+        if timer.cancelled_caught:
+            logger.warning(
+                "a streaming client read nothing for %.0f s (--send-timeout): its stream is dropped",
+                self._send_timeout_s,
+            )
+            stream_scope.cancel()

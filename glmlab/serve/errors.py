@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from glmlab.errors import BusyError, GlmlabError
@@ -33,6 +34,50 @@ ERROR_TYPES = {
     503: "service_unavailable",
     504: "timeout_error",
 }
+
+
+# status -> what it means on this server (the OpenAPI document's response descriptions)
+STATUS_MEANINGS = {
+    400: "Bad request: invalid JSON or field, bad image or adapter, unusable sampling value, prompt over "
+    "the context, or a Host header the server does not answer to.",
+    401: "Missing or wrong API key.",
+    404: "Unknown model or adapter.",
+    413: "Request body over --max-request-bytes.",
+    415: "A POST body that is not sent as Content-Type: application/json.",
+    429: "Queue full (--max-concurrency); retry after the Retry-After seconds.",
+    500: "Internal error: a bug in glmlab (see the server log).",
+    503: "The model is still loading or failed to load, or the image decode memory is in use (Retry-After).",
+    504: "The request did not finish within --timeout.",
+}
+
+
+class ErrorObject(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body, the shape of every error this server answers."""
+
+    error: ErrorObject
+
+
+ERROR_SCHEMA_REF = "#/components/schemas/ErrorResponse"
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route: each status with its meaning and the error schema (always
+    JSON, also on routes that answer plain text; `error_schemas` adds the referenced components)."""
+    content = {"application/json": {"schema": {"$ref": ERROR_SCHEMA_REF}}}
+    return {status: {"description": STATUS_MEANINGS[status], "content": content} for status in statuses}
+
+
+def error_schemas() -> dict[str, Any]:
+    """OpenAPI components for ErrorResponse and the models it uses."""
+    schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "ErrorResponse": schema}
 
 
 class APIError(Exception):

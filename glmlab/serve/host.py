@@ -29,12 +29,17 @@ DECODE_WAIT_S = 5.0  # how long a request waits for decode memory other requests
 
 
 class Ticket:
-    """One admitted request: holds a queue place, its images' decode memory, then the generation slot;
-    `close` frees them all."""
+    """One admitted request: holds a queue place, its images' decode memory, then the generation slot
+    while the model works for it.
+
+    `end_generation` frees the slot as soon as the model is done (a slow client still reading its
+    stream does not hold it); `close` frees whatever the ticket still holds.
+    """
 
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         self.generating = False
+        self.sending = False  # generated, its response still being sent
         self.closed = False
         self.images = host.image_budget()
 
@@ -44,15 +49,25 @@ class Ticket:
         self.generating = True
         self.host.running += 1
 
+    def end_generation(self) -> None:
+        """The model is done with this request: free the slot (its response may still be sending)."""
+        if self.generating:
+            self.generating = False
+            self.host.running -= 1
+            self.host.generation_slot.release()
+            self.sending = True
+            self.host.sending += 1
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self.end_generation()
         self.images.release()
         self.host.admitted -= 1
-        if self.generating:
-            self.host.running -= 1
-            self.host.generation_slot.release()
+        if self.sending:
+            self.sending = False
+            self.host.sending -= 1
 
 
 class ModelHost:
@@ -63,8 +78,9 @@ class ModelHost:
         self.vlm = vlm
         self.load_error: str | None = None
         self.ready = threading.Event()
-        self.admitted = 0  # queued + running; only touched on the event loop
+        self.admitted = 0  # queued + running + sending; only touched on the event loop
         self.running = 0
+        self.sending = 0
         self.generation_slot = anyio.Semaphore(1)
         self.decode_memory = DecodeMemory(settings.decode_memory_bytes)  # shared by all requests
         if vlm is not None:

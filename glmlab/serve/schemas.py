@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from glmlab.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Answer, split_thinking
 from glmlab.errors import InputError
 from glmlab.images import to_pil
+from glmlab.settings import MAX_SEED, MAX_STOP_CHARS, MAX_STOP_STRINGS, REPETITION_PENALTY_RANGE
 
 MAX_TEXT_CHARS = 1_000_000  # one text part; the body limit (--max-request-bytes) bounds the total
 MAX_URL_CHARS = 200_000_000  # a data URL; again bounded by the body limit first
@@ -25,7 +26,7 @@ MAX_NEW_TOKENS = 131_072  # GLM-4.6V's context length
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
-StopString = Annotated[str, Field(min_length=1, max_length=256)]
+StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class _Strict(BaseModel):
@@ -66,18 +67,24 @@ class ChatTemplateKwargs(_Strict):
 
 
 class ChatCompletionRequest(_Strict):
-    """POST /v1/chat/completions. `model` names the base model or a loaded adapter."""
+    """POST /v1/chat/completions. `model` names the base model or a loaded adapter.
+
+    Sampling bounds are OpenAI's (temperature 0-2, top_p 0-1) and glmlab.settings' (what the model
+    can take without inf/nan: 0 < temperature < 0.01 counts as 0.01, repetition_penalty >= 0.01).
+    """
 
     model: Name | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=-1, le=1000)  # vLLM extension; -1 or 0: no top-k
-    repetition_penalty: float | None = Field(None, gt=0, le=10)  # vLLM extension
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stop: StopString | Annotated[list[StopString], Field(max_length=8)] | None = None
+    repetition_penalty: float | None = Field(  # vLLM extension
+        None, ge=REPETITION_PENALTY_RANGE[0], le=REPETITION_PENALTY_RANGE[1], allow_inf_nan=False
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)

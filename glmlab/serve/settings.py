@@ -109,7 +109,22 @@ class ServerSettings:
     )
     max_request_bytes: int = _option(20 * 1024 * 1024, "Refuse request bodies larger than this (413).")
     max_concurrency: int = _option(8, "Requests queued plus running; beyond it requests get 429.")
-    timeout_s: float = _option(300.0, "Seconds a request may wait and generate before 504.", flag="--timeout")
+    timeout_s: float = _option(
+        300.0,
+        "Seconds a request may wait and generate (prefill included) before 504.",
+        flag="--timeout",
+    )
+    send_timeout_s: float = _option(
+        30.0,
+        "Seconds a streamed response waits for a client that reads nothing before dropping its stream "
+        "(the model is freed as soon as it has generated, whatever the client reads).",
+        flag="--send-timeout",
+    )
+    max_model_len: int | None = _option(
+        None,
+        "Most tokens of prompt plus max_tokens one request may use (default: the model's context); "
+        "more is a 400 that says both numbers.",
+    )
     dtype: str = _option("auto", " | ".join(DTYPE_NAMES) + ".")
     device: str = _option("auto", "auto | cpu | cuda | cuda:N.")
     quantize: str | None = _option(None, "None | 8bit | 4bit (bitsandbytes, CUDA only).")
@@ -129,6 +144,8 @@ class ServerSettings:
             ("max_request_pixels", self.max_request_pixels >= 28 * 28, "at least 784"),
             ("max_decode_mb", self.max_decode_mb >= 1, "at least 1"),
             ("timeout_s", self.timeout_s > 0, "greater than 0"),
+            ("send_timeout_s", self.send_timeout_s > 0, "greater than 0"),
+            ("max_model_len", self.max_model_len is None or self.max_model_len >= 1, "at least 1 (or unset)"),
             (
                 "max_image_pixels",
                 self.max_image_pixels is None or self.max_image_pixels >= 28 * 28,

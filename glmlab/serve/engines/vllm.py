@@ -45,6 +45,7 @@ VLLM_IGNORES = (
     "max_request_bytes",
     "max_concurrency",
     "timeout_s",
+    "send_timeout_s",
 )
 
 
@@ -88,6 +89,8 @@ def vllm_command(settings: ServerSettings, extra_args: Sequence[str] = ()) -> Vl
         from glmlab.prompts import pixel_budget_size
 
         argv += ["--mm-processor-kwargs", json.dumps({"size": pixel_budget_size(settings.max_image_pixels)})]
+    if settings.max_model_len:
+        argv += ["--max-model-len", str(settings.max_model_len)]
     if settings.dtype != "auto":
         argv += ["--dtype", settings.dtype]
     if settings.quantize == "4bit":
