@@ -393,10 +393,11 @@ def test_openapi_declares_every_status_with_the_error_schema(served_vlm):
 @pytest.fixture(scope="module")
 def api_schema(served_vlm):
     """The server's own /openapi.json, fuzzed against the in-process app. A small --max-model-len keeps
-    every generation short (and refuses the over-long ones with a 400), so no example runs for long."""
+    every generation short (and refuses the over-long ones with a 400), so no example runs for long.
+    Schemathesis calls the app as host "testserver", allowed here like a name given with --allowed-host."""
     import schemathesis
 
-    settings = ServerSettings(model="tiny", max_model_len=16, timeout_s=120)
+    settings = ServerSettings(model="tiny", max_model_len=16, timeout_s=120, allowed_hosts=["testserver"])
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(served_vlm, settings))
 
 
