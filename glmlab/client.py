@@ -27,21 +27,11 @@ from PIL import Image
 from glmlab.answer import THINK_CLOSE, THINK_OPEN, Answer, Timing, Usage
 from glmlab.errors import GlmlabError, InputError
 from glmlab.images import image_to_data_url
-from glmlab.prompts import question_messages, to_conversation
+from glmlab.openai_format import EXTENSION_FIELDS, request_fields, thinking_fields, to_openai_messages
+from glmlab.prompts import question_messages
 
 logger = logging.getLogger(__name__)
 _DEFAULT = object()  # "the client's model"
-# glmlab generation option -> OpenAI request field (top_k and repetition_penalty: vLLM/glmlab extensions)
-GENERATION_FIELDS = {
-    "max_new_tokens": "max_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "repetition_penalty": "repetition_penalty",
-    "seed": "seed",
-    "stop": "stop",
-}
-EXTENSION_FIELDS = ("top_k", "repetition_penalty")
 NO_API_KEY = "none"  # sent when there is no key: openai's client insists on one, a keyless server ignores it
 
 
@@ -159,12 +149,11 @@ class Client:
         """Like `chat`, streamed. Bad input raises here, before anything is sent."""
         body = {
             "messages": self.openai_messages(messages, max_image_pixels=max_image_pixels),
-            **generation_fields(gen),
+            **request_fields(gen),
+            **thinking_fields(thinking),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if thinking is not None:
-            body["chat_template_kwargs"] = {"enable_thinking": bool(thinking)}
         model = self._model_for(adapter)
         return RemoteStream(self, model, body)
 
@@ -225,24 +214,8 @@ class Client:
     def openai_messages(
         self, messages: list[dict[str, Any]], *, max_image_pixels: int | None = None
     ) -> list[dict]:
-        """Messages in OpenAI's format with every image inlined as a data URL.
-
-        Parsed by `glmlab.prompts.to_conversation`, the parser local models use, so both accept (and
-        refuse) the same messages; images are read here (paths, PIL, arrays, URLs) and sent as data.
-        """
-        # The client's own process reads local paths anyway, so private addresses are no extra reach.
-        conversation = to_conversation(messages, allow_urls=True, allow_private_urls=True)
-        images = iter(conversation.images)
-        converted = []
-        for message in conversation.messages:
-            content = message["content"]
-            if isinstance(content, list):
-                content = [
-                    self._image_part(next(images), max_image_pixels) if part["type"] == "image" else part
-                    for part in content
-                ]
-            converted.append({**message, "content": content})
-        return converted
+        """Messages in OpenAI's format with every image inlined as a data URL (`glmlab.openai_format`)."""
+        return to_openai_messages(messages, lambda image: self._image_part(image, max_image_pixels))
 
     def _image_part(self, image: Image.Image, max_image_pixels: int | None) -> dict[str, Any]:
         url = image_to_data_url(downscale(image, max_image_pixels), self.image_format)
@@ -392,25 +365,6 @@ def _raw_piece(delta: Any, thinking: bool) -> tuple[str, bool]:
         piece += (THINK_CLOSE if thinking else "") + content
         thinking = False
     return piece, thinking
-
-
-def generation_fields(gen: dict[str, Any]) -> dict[str, Any]:
-    """glmlab generation options as OpenAI request fields; unknown options are refused by name."""
-    unknown = sorted(set(gen) - set(GENERATION_FIELDS) - {"do_sample"})
-    if unknown:
-        raise InputError(
-            f"{', '.join(unknown)}: not a generation option; use {', '.join(GENERATION_FIELDS)}."
-        )
-    fields = {
-        GENERATION_FIELDS[key]: value
-        for key, value in gen.items()
-        if key in GENERATION_FIELDS and value is not None
-    }
-    if gen.get("do_sample") is False:
-        fields["temperature"] = 0
-    if isinstance(fields.get("stop"), str):
-        fields["stop"] = [fields["stop"]]
-    return fields
 
 
 def downscale(image: Image.Image, max_image_pixels: int | None) -> Image.Image:

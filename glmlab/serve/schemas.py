@@ -14,8 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from glmlab.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Answer, split_thinking
-from glmlab.errors import InputError
-from glmlab.images import to_pil
+from glmlab.openai_format import OPENAI_SAMPLING_FIELDS, from_openai_messages, generation_options
 from glmlab.settings import MAX_SEED, MAX_STOP_CHARS, MAX_STOP_STRINGS, REPETITION_PENALTY_RANGE
 
 MAX_TEXT_CHARS = 1_000_000  # one text part; the body limit (--max-request-bytes) bounds the total
@@ -92,17 +91,9 @@ class ChatCompletionRequest(_Strict):
     user: Name | None = None  # accepted for compatibility with OpenAI clients; not used
 
     def generation_options(self) -> dict[str, Any]:
-        """Keyword arguments for `VLM.chat` (glmlab.generation.GenerationSettings names)."""
-        options = {
-            "max_new_tokens": self.max_completion_tokens or self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": 0 if self.top_k == -1 else self.top_k,
-            "repetition_penalty": self.repetition_penalty,
-            "seed": self.seed,
-            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
-        }
-        return {key: value for key, value in options.items() if value is not None}
+        """Keyword arguments for `VLM.chat` (glmlab.settings.GenerationSettings names)."""
+        sampling = set(OPENAI_SAMPLING_FIELDS) & set(type(self).model_fields)
+        return generation_options(self.model_dump(include=sampling, exclude_none=True))
 
     @property
     def thinking(self) -> bool | None:
@@ -117,31 +108,8 @@ class ChatCompletionRequest(_Strict):
 
         Decoding here, before the request queues for the model, lets a bad image fail fast (400).
         """
-        messages = []
-        for message in self.messages:
-            converted: dict[str, Any] = {"role": message.role, "content": message.content or ""}
-            if isinstance(message.content, list):
-                converted["content"] = [
-                    item for part in message.content for item in _glmlab_items(part, image_options)
-                ]
-            if message.reasoning_content:
-                converted["reasoning_content"] = message.reasoning_content
-            messages.append(converted)
-        return messages
-
-
-def _glmlab_items(part: TextPart | ImagePart, image_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One text item, or one image item per decoded image (a PDF's pages, a DICOM's frames)."""
-    if isinstance(part, TextPart):
-        return [{"type": "text", "text": part.text}]
-    url = part.image_url.url
-    if not url.startswith(("data:", "http://", "https://")):
-        # to_pil would read a local path: a client must never make the server open its own files.
-        raise InputError(
-            f"image_url.url {url[:60]!r}: expected a data: URL (base64 image) or an http(s) URL; "
-            "the server does not read paths on its own disk."
-        )
-    return [{"type": "image", "image": image} for image in to_pil(url, **image_options)]
+        messages = [message.model_dump(exclude_none=True) for message in self.messages]
+        return from_openai_messages(messages, local_paths=False, **image_options)
 
 
 class LoadAdapterRequest(_Strict):
