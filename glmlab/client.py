@@ -27,11 +27,11 @@ from PIL import Image
 from glmlab.answer import THINK_CLOSE, THINK_OPEN, Answer, Timing, Usage
 from glmlab.errors import GlmlabError, InputError
 from glmlab.images import image_to_data_url
+from glmlab.interface import DEFAULT_ADAPTER
 from glmlab.openai_format import EXTENSION_FIELDS, request_fields, thinking_fields, to_openai_messages
 from glmlab.prompts import question_messages
 
 logger = logging.getLogger(__name__)
-_DEFAULT = object()  # "the client's model"
 NO_API_KEY = "none"  # sent when there is no key: openai's client insists on one, a keyless server ignores it
 
 
@@ -97,7 +97,7 @@ class Client:
         *,
         system: str | None = None,
         thinking: bool | None = None,
-        adapter: Any = _DEFAULT,
+        adapter: Any = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         **gen: Any,
     ) -> Answer:
@@ -122,7 +122,7 @@ class Client:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = _DEFAULT,
+        adapter: Any = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         **gen: Any,
     ) -> Answer:
@@ -142,7 +142,7 @@ class Client:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = _DEFAULT,
+        adapter: Any = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         **gen: Any,
     ) -> RemoteStream:
@@ -222,7 +222,7 @@ class Client:
         return {"type": "image_url", "image_url": {"url": url}}
 
     def _model_for(self, adapter: Any) -> str:
-        if adapter is _DEFAULT:
+        if adapter is DEFAULT_ADAPTER:
             return self.model or self.base_model
         return self.base_model if adapter is None else str(adapter)
 

@@ -35,6 +35,7 @@ from glmlab.generation import (
     interruptible,
     seed_everything,
 )
+from glmlab.interface import DEFAULT_ADAPTER
 from glmlab.prefix_cache import (
     DEFAULT_CACHE_BYTES,
     PrefixCache,
@@ -45,7 +46,6 @@ from glmlab.prefix_cache import (
 )
 
 logger = logging.getLogger(__name__)
-_ACTIVE = object()  # "use the adapter set with set_adapter"
 
 
 @dataclass
@@ -122,7 +122,7 @@ class VLM:
         *,
         system: str | None = None,
         thinking: bool | None = None,
-        adapter: Any = _ACTIVE,
+        adapter: Any = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         cache: bool = True,
         **gen: Any,
@@ -149,7 +149,7 @@ class VLM:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = _ACTIVE,
+        adapter: Any = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         cache: bool | PrefixCache = True,
         max_model_len: int | None = None,
@@ -171,7 +171,7 @@ class VLM:
         *,
         batch_size: int = 8,
         thinking: bool | None = None,
-        adapter: Any = _ACTIVE,
+        adapter: Any = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         progress: bool = False,
         **gen: Any,
@@ -215,7 +215,7 @@ class VLM:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = _ACTIVE,
+        adapter: Any = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         cache: bool = True,
         max_model_len: int | None = None,
@@ -365,7 +365,7 @@ class VLM:
 
     def _check_requested_adapter(self, adapter: Any) -> None:
         """A bad adapter name fails the call up front (not inside a batch's or a stream's fallback)."""
-        if adapter is not _ACTIVE and adapter is not None:
+        if adapter is not DEFAULT_ADAPTER and adapter is not None:
             self._check_adapter(adapter)
 
     def _weights_version(self) -> int:
@@ -473,7 +473,7 @@ class VLM:
             image_tokens=int((prompt.features["input_ids"] == self.image_token_id).sum()),
         )
         timing = Timing.from_times(start, first_token, end, counted)
-        name = self.active_adapter if adapter is _ACTIVE else adapter
+        name = self.active_adapter if adapter is DEFAULT_ADAPTER else adapter
         return Answer.from_raw(
             raw, usage=usage, timing=timing, finish_reason=finish_reason, model=name or self.name
         )
@@ -527,9 +527,9 @@ class VLM:
             self.prefix_cache.clear()
 
     @contextlib.contextmanager
-    def using_adapter(self, adapter: Any = _ACTIVE):
+    def using_adapter(self, adapter: Any = DEFAULT_ADAPTER):
         """Run a block with one adapter (or None: the base model), then restore the active one."""
-        if adapter is _ACTIVE or adapter == self.active_adapter:
+        if adapter is DEFAULT_ADAPTER or adapter == self.active_adapter:
             yield
             return
         with self.lock:

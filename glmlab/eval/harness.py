@@ -45,12 +45,12 @@ from glmlab.eval.scoring import score_answer
 from glmlab.eval.suite import Suite
 from glmlab.files import atomic_write
 from glmlab.images import encode_png
+from glmlab.interface import DEFAULT_ADAPTER, LocalModel, Model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate"]
 
-KEEP = object()  # "use the model's active adapter"
 THUMBNAIL_PX = 160
 DEFAULT_BATCH_SIZE = 8  # local models; see benchmark 3 in eval/bench/RESULTS.md
 # config.json keys that must match for a run folder to be resumed (limit and speed settings may change).
@@ -66,7 +66,7 @@ def evaluate(
     concurrency: int = 4,
     run_dir: str | Path | None = None,
     resume: bool = True,
-    adapter: Any = KEEP,
+    adapter: Any = DEFAULT_ADAPTER,
     name: str | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
@@ -192,7 +192,7 @@ def _answers(
     bar = tqdm(total=len(pending), desc=f"eval {sample_set.suite.name}", disable=not progress, unit="sample")
     if not local:
         source = _remote_answers(model, sample_set, pending, gen, concurrency)
-    elif batch_size > 1 and hasattr(model, "batch"):
+    elif batch_size > 1 and isinstance(model, LocalModel):
         source = _batched_answers(model, sample_set, pending, gen, batch_size)
     else:
         source = _local_answers(model, sample_set, pending, gen)
@@ -257,7 +257,7 @@ def _call(model: Any, item: dict[str, Any], gen: dict[str, Any]) -> Any:
 
 def _streamed_call(model: Any, item: dict[str, Any], gen: dict[str, Any]) -> tuple[Any, float | None]:
     """A server call, streamed when the client can (to time the first piece), else a plain call."""
-    if not hasattr(model, "chat_stream"):
+    if not isinstance(model, Model):
         return _guarded(lambda: _call(model, item, gen)), None
     messages = item.get("messages")
     if messages is None:
@@ -368,7 +368,7 @@ def _stored_thumbnails(folder: Path | None, rows: list[dict], new: dict[str, byt
 
 def _is_local(model: Any) -> bool:
     """A local VLM prepares its own prompts; a client sends them to a server."""
-    return hasattr(model, "prepare") and hasattr(model, "processor")
+    return isinstance(model, LocalModel)
 
 
 def _check_speed_settings(batch_size: int, concurrency: int) -> None:
@@ -385,12 +385,12 @@ def _call_options(suite: Suite, model: Any, local: bool, adapter: Any) -> dict[s
         if value is not None or key == "thinking"
     }
     if local:  # the generation values were checked with the suite (suite_problems)
-        if adapter is not KEEP:
+        if adapter is not DEFAULT_ADAPTER:
             if adapter is not None and adapter not in model.adapters:
                 loaded = ", ".join(model.adapters) or "none"
                 raise ConfigError(f"adapter={adapter!r}: not loaded on this model (loaded: {loaded}).")
             gen["adapter"] = adapter
-    elif adapter is not KEEP:
+    elif adapter is not DEFAULT_ADAPTER:
         gen["adapter"] = adapter  # any model or adapter name the server answers to
     return gen
 
@@ -402,9 +402,9 @@ def describe_model(model: Any, local: bool, adapter: Any) -> dict[str, Any]:
             "kind": "server",
             "name": str(getattr(model, "model", None) or "server"),  # a client's default model name
             "base_url": str(getattr(model, "base_url", "")) or None,
-            "adapter": None if adapter is KEEP else adapter,
+            "adapter": None if adapter is DEFAULT_ADAPTER else adapter,
         }
-    active = model.active_adapter if adapter is KEEP else adapter
+    active = model.active_adapter if adapter is DEFAULT_ADAPTER else adapter
     return {
         "kind": "local",
         "name": model.name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from glmlab import interface
 from glmlab.errors import GlmlabError, InputError
 
 BASE = ""  # the adapter dropdown's value for "the base model, no adapter" (a Dropdown cannot hold None)
@@ -57,9 +58,9 @@ class ServerModel:
 
 def backend_for(model: Any) -> LocalModel | ServerModel:
     """The widget's view of `model`: a loaded VLM or a server Client (recognised by what they offer)."""
-    if hasattr(model, "chat_stream") and hasattr(model, "adapters"):
+    if isinstance(model, interface.LocalModel):
         return LocalModel(model)
-    if hasattr(model, "chat_stream") and hasattr(model, "models"):
+    if isinstance(model, interface.RemoteModel):
         return ServerModel(model)
     raise InputError(
         f"{type(model).__name__} object: the widget needs a model from glmlab.load(...) or a "
