@@ -27,7 +27,7 @@ from PIL import Image
 from glmlab.answer import THINK_CLOSE, THINK_OPEN, Answer, Timing, Usage
 from glmlab.errors import GlmlabError, InputError
 from glmlab.images import image_to_data_url
-from glmlab.interface import DEFAULT_ADAPTER
+from glmlab.interface import DEFAULT_ADAPTER, AdapterChoice
 from glmlab.openai_format import EXTENSION_FIELDS, request_fields, thinking_fields, to_openai_messages
 from glmlab.prompts import question_messages
 
@@ -97,7 +97,7 @@ class Client:
         *,
         system: str | None = None,
         thinking: bool | None = None,
-        adapter: Any = DEFAULT_ADAPTER,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         **gen: Any,
     ) -> Answer:
@@ -122,7 +122,7 @@ class Client:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = DEFAULT_ADAPTER,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         **gen: Any,
     ) -> Answer:
@@ -142,7 +142,7 @@ class Client:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = DEFAULT_ADAPTER,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         **gen: Any,
     ) -> RemoteStream:

@@ -11,12 +11,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from PIL import Image, ImageDraw
 
 from glmlab.loading import load
+
+if TYPE_CHECKING:  # annotations only: no import of the model at run time
+    from glmlab.model import VLM
 
 
 @dataclass
@@ -26,7 +29,7 @@ class DemoContext:
     model: str
     work_dir: Path
     echo: Callable[[str], None] = print
-    vlm: Any = None
+    vlm: VLM | None = None
     results: dict[str, Any] = field(default_factory=dict)
 
 

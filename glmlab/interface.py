@@ -27,6 +27,7 @@ class _Default(enum.Enum):
 # `adapter=DEFAULT_ADAPTER` (every call's default): a VLM's active adapter (`set_adapter`), a Client's
 # model. `adapter=None` is the base model; a name is that adapter (or, on a server, that model).
 DEFAULT_ADAPTER = _Default.ADAPTER
+AdapterChoice = str | None | _Default  # the type of every `adapter=` parameter
 
 
 class AnswerStream(Protocol):

@@ -35,7 +35,7 @@ from glmlab.generation import (
     interruptible,
     seed_everything,
 )
-from glmlab.interface import DEFAULT_ADAPTER
+from glmlab.interface import DEFAULT_ADAPTER, AdapterChoice
 from glmlab.prefix_cache import (
     DEFAULT_CACHE_BYTES,
     PrefixCache,
@@ -122,7 +122,7 @@ class VLM:
         *,
         system: str | None = None,
         thinking: bool | None = None,
-        adapter: Any = DEFAULT_ADAPTER,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         cache: bool = True,
         **gen: Any,
@@ -149,7 +149,7 @@ class VLM:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = DEFAULT_ADAPTER,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         cache: bool | PrefixCache = True,
         max_model_len: int | None = None,
@@ -171,7 +171,7 @@ class VLM:
         *,
         batch_size: int = 8,
         thinking: bool | None = None,
-        adapter: Any = DEFAULT_ADAPTER,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         progress: bool = False,
         **gen: Any,
@@ -215,7 +215,7 @@ class VLM:
         messages: list[dict[str, Any]],
         *,
         thinking: bool | None = None,
-        adapter: Any = DEFAULT_ADAPTER,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         cache: bool = True,
         max_model_len: int | None = None,
@@ -527,7 +527,7 @@ class VLM:
             self.prefix_cache.clear()
 
     @contextlib.contextmanager
-    def using_adapter(self, adapter: Any = DEFAULT_ADAPTER):
+    def using_adapter(self, adapter: AdapterChoice = DEFAULT_ADAPTER):
         """Run a block with one adapter (or None: the base model), then restore the active one."""
         if adapter is DEFAULT_ADAPTER or adapter == self.active_adapter:
             yield

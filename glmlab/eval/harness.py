@@ -45,7 +45,7 @@ from glmlab.eval.scoring import score_answer
 from glmlab.eval.suite import Suite
 from glmlab.files import atomic_write
 from glmlab.images import encode_png
-from glmlab.interface import DEFAULT_ADAPTER, LocalModel, Model
+from glmlab.interface import DEFAULT_ADAPTER, AdapterChoice, LocalModel, Model
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +59,14 @@ _RESUME_KEYS = ("suite", "model")
 
 def evaluate(
     suite: Suite | str | Path,
-    model: Any,
+    model: Model,
     *,
     limit: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     concurrency: int = 4,
     run_dir: str | Path | None = None,
     resume: bool = True,
-    adapter: Any = DEFAULT_ADAPTER,
+    adapter: AdapterChoice = DEFAULT_ADAPTER,
     name: str | None = None,
     on_sample: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
@@ -177,7 +177,7 @@ Timed = tuple[EvalSample, Any, dict[str, Any]]
 
 
 def _answers(
-    model: Any,
+    model: Model,
     sample_set: SampleSet,
     pending: list[EvalSample],
     gen: dict[str, Any],
@@ -203,7 +203,7 @@ def _answers(
 
 
 def _local_answers(
-    model: Any, sample_set: SampleSet, pending: list[EvalSample], gen: dict
+    model: LocalModel, sample_set: SampleSet, pending: list[EvalSample], gen: dict
 ) -> Iterator[Timed]:
     for sample in pending:
         item = sample_set.item(sample)
@@ -214,7 +214,7 @@ def _local_answers(
 
 
 def _batched_answers(
-    model: Any, sample_set: SampleSet, pending: list[EvalSample], gen: dict, batch_size: int
+    model: LocalModel, sample_set: SampleSet, pending: list[EvalSample], gen: dict, batch_size: int
 ) -> Iterator[Timed]:
     for first in range(0, len(pending), batch_size):
         chunk = pending[first : first + batch_size]
@@ -228,7 +228,7 @@ def _batched_answers(
 
 
 def _remote_answers(
-    model: Any, sample_set: SampleSet, pending: list[EvalSample], gen: dict, concurrency: int
+    model: Model, sample_set: SampleSet, pending: list[EvalSample], gen: dict, concurrency: int
 ) -> Iterator[Timed]:
     """Up to `concurrency` requests in flight; images are loaded only as each request is sent."""
 
@@ -249,13 +249,13 @@ def _remote_answers(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _call(model: Any, item: dict[str, Any], gen: dict[str, Any]) -> Any:
+def _call(model: Model, item: dict[str, Any], gen: dict[str, Any]) -> Any:
     if "messages" in item:
         return model.chat(item["messages"], **gen)
     return model.ask(item["images"], item["question"], system=item["system"], **gen)
 
 
-def _streamed_call(model: Any, item: dict[str, Any], gen: dict[str, Any]) -> tuple[Any, float | None]:
+def _streamed_call(model: Model, item: dict[str, Any], gen: dict[str, Any]) -> tuple[Any, float | None]:
     """A server call, streamed when the client can (to time the first piece), else a plain call."""
     if not isinstance(model, Model):
         return _guarded(lambda: _call(model, item, gen)), None
@@ -366,7 +366,7 @@ def _stored_thumbnails(folder: Path | None, rows: list[dict], new: dict[str, byt
 # ---- model and settings -------------------------------------------------------------------------
 
 
-def _is_local(model: Any) -> bool:
+def _is_local(model: Model) -> bool:
     """A local VLM prepares its own prompts; a client sends them to a server."""
     return isinstance(model, LocalModel)
 
@@ -377,7 +377,7 @@ def _check_speed_settings(batch_size: int, concurrency: int) -> None:
             raise ConfigError(f"{name}={value!r}: expected an integer >= 1.")
 
 
-def _call_options(suite: Suite, model: Any, local: bool, adapter: Any) -> dict[str, Any]:
+def _call_options(suite: Suite, model: Model, local: bool, adapter: AdapterChoice) -> dict[str, Any]:
     """Keyword arguments of every model call; a local model's adapter is checked now, before any call."""
     gen = {
         key: value
@@ -395,7 +395,7 @@ def _call_options(suite: Suite, model: Any, local: bool, adapter: Any) -> dict[s
     return gen
 
 
-def describe_model(model: Any, local: bool, adapter: Any) -> dict[str, Any]:
+def describe_model(model: Model, local: bool, adapter: AdapterChoice) -> dict[str, Any]:
     """What config.json records about the model under evaluation."""
     if not local:
         return {
@@ -420,9 +420,9 @@ def describe_model(model: Any, local: bool, adapter: Any) -> dict[str, Any]:
 
 def run_config(
     suite: Suite,
-    model: Any,
+    model: Model,
     local: bool,
-    adapter: Any,
+    adapter: AdapterChoice,
     name: str | None,
     limit: int | None,
     batch_size: int,

@@ -11,7 +11,7 @@ learned, not a sampling setting. Kept cheap: a small held-out split and short an
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -24,12 +24,14 @@ from glmlab.lora.recipe import LoraRecipe
 
 GREEDY = {"temperature": 0, "repetition_penalty": 1.0}
 EVAL_BATCH_SIZE = 8
+if TYPE_CHECKING:  # annotations only: no import of the model at run time
+    from glmlab.model import VLM
 
 
 class AnswerEvaluator:
     """Generates an answer for each held-out record and scores it with the recipe's metric."""
 
-    def __init__(self, vlm: Any, collator: LoraCollator, records: Any, recipe: LoraRecipe) -> None:
+    def __init__(self, vlm: VLM, collator: LoraCollator, records: Any, recipe: LoraRecipe) -> None:
         self.vlm = vlm
         self.collator = collator
         self.records = records

@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -38,6 +38,9 @@ from glmlab.lora.data import load_training_data
 from glmlab.lora.evaluation import AnswerEvaluator
 from glmlab.lora.progress import TrainingProgress
 from glmlab.lora.recipe import LoraRecipe, load_recipe
+
+if TYPE_CHECKING:  # annotations only: no import of the model at run time
+    from glmlab.model import VLM
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
@@ -286,7 +289,7 @@ def _load_base(recipe: LoraRecipe, device: str, precision: str):
     return vlm
 
 
-def _with_adapter(vlm: Any, recipe: LoraRecipe):
+def _with_adapter(vlm: VLM, recipe: LoraRecipe):
     """The PeftModel around vlm.model (LoRA layers are injected in place, so vlm itself trains too)."""
     from peft import LoraConfig, get_peft_model
 
@@ -527,7 +530,7 @@ def _save(
     trainer: LoraTrainer,
     output_dir: Path,
     recipe: LoraRecipe,
-    vlm: Any,
+    vlm: VLM,
     data: Any,
     metrics: dict[str, float],
     runtime: float,

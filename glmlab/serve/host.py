@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -22,6 +22,9 @@ from glmlab.errors import AdapterError, GlmlabError
 from glmlab.images import DecodeMemory, ImageBudget
 from glmlab.serve.errors import APIError, model_not_found
 from glmlab.serve.settings import ServerSettings
+
+if TYPE_CHECKING:  # annotations only: no import of the model at run time
+    from glmlab.model import VLM
 
 logger = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -73,7 +76,7 @@ class Ticket:
 class ModelHost:
     """The served VLM, its loading state, the request queue and the adapter rules."""
 
-    def __init__(self, settings: ServerSettings, vlm: Any = None) -> None:
+    def __init__(self, settings: ServerSettings, vlm: VLM | None = None) -> None:
         self.settings = settings
         self.vlm = vlm
         self.load_error: str | None = None
@@ -115,7 +118,7 @@ class ModelHost:
         finally:
             self.ready.set()
 
-    def _load_start_adapters(self, vlm: Any) -> None:
+    def _load_start_adapters(self, vlm: VLM) -> None:
         for name, path in self.settings.adapters.items():
             if vlm.adapters.get(name) != str(Path(path).expanduser()):
                 vlm.load_adapter(Path(path).expanduser(), name, activate=False)

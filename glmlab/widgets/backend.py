@@ -19,7 +19,7 @@ BASE = ""  # the adapter dropdown's value for "the base model, no adapter" (a Dr
 class LocalModel:
     """A `glmlab.VLM` in this kernel: adapters are the ones loaded on it, switched per call (no reload)."""
 
-    def __init__(self, vlm: Any) -> None:
+    def __init__(self, vlm: interface.LocalModel) -> None:
         self.vlm = vlm
         self.name = vlm.name
         self.allow_urls = getattr(vlm, "allow_urls", False)
@@ -56,7 +56,7 @@ class ServerModel:
         return self.client.chat_stream(messages, adapter=adapter or None, **options)
 
 
-def backend_for(model: Any) -> LocalModel | ServerModel:
+def backend_for(model: interface.Model) -> LocalModel | ServerModel:
     """The widget's view of `model`: a loaded VLM or a server Client (recognised by what they offer)."""
     if isinstance(model, interface.LocalModel):
         return LocalModel(model)
