@@ -3,58 +3,45 @@
 The model is a local `VLM` (with or without a LoRA adapter) or a client of a glmlab / OpenAI-style
 server with the same `ask`/`chat`/`chat_stream` API. How questions reach it is the one thing that
 differs, and `_answers` hides it: a local model gets `vlm.batch` (8 samples per call by default:
-throughput is what an evaluation wants; batch_size=1 asks one at a time, for per-request latency), a server gets `concurrency` requests in flight from a thread pool, each streamed so its
-time to first token is measured the way `vllm bench serve` measures it.
+throughput is what an evaluation wants; batch_size=1 asks one at a time, for per-request latency),
+a server gets `concurrency` requests in flight from a thread pool, each streamed so its time to first token is measured the way `vllm bench serve` measures it.
 
 Everything that can be wrong with the suite (a field, the data, a template placeholder, a metric
 option) is found before the first model call. Each finished sample is scored and appended to the
-run folder's samples.jsonl at once, so an interrupted run resumes where it stopped.
+run folder's samples.jsonl at once (`glmlab.eval.run_folder`), so an interrupted run resumes where it
+stopped; what config.json records about the run comes from `glmlab.eval.provenance`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import logging
-import platform
-import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from glmlab.errors import ConfigError, GlmlabError, InputError
 from glmlab.eval.extract import final_text
 from glmlab.eval.latency import MemoryProbe, sample_timing
+from glmlab.eval.provenance import run_config
 from glmlab.eval.run import (
-    CONFIG_FILE,
     SAMPLES_FILE,
-    THUMBNAIL_DIR,
     EvalRun,
-    SampleLog,
-    json_row,
-    read_config,
     read_samples,
     samples_frame,
-    write_json,
 )
+from glmlab.eval.run_folder import RowWriter, open_run_dir, stored_thumbnails
 from glmlab.eval.samples import EvalSample, SampleSet, load_samples
 from glmlab.eval.scoring import score_answer
 from glmlab.eval.suite import Suite
-from glmlab.files import atomic_write
-from glmlab.images import encode_png
 from glmlab.interface import DEFAULT_ADAPTER, AdapterChoice, LocalModel, Model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate"]
 
-THUMBNAIL_PX = 160
 DEFAULT_BATCH_SIZE = 8  # local models; see benchmark 3 in eval/bench/RESULTS.md
-# config.json keys that must match for a run folder to be resumed (limit and speed settings may change).
-_RESUME_KEYS = ("suite", "model")
 
 
 def evaluate(
@@ -97,7 +84,7 @@ def evaluate(
     local = _is_local(model)
     gen = _call_options(suite, model, local, adapter)
     config = run_config(suite, model, local, adapter, name, limit, batch_size, concurrency)
-    folder = _open_run_dir(Path(run_dir), config, resume) if run_dir is not None else None
+    folder = open_run_dir(Path(run_dir), config, resume) if run_dir is not None else None
     done = {row["id"]: row for row in read_samples(folder / SAMPLES_FILE)} if folder else {}
     pending = [sample for sample in sample_set.samples if sample.id not in done]
     if done:
@@ -110,7 +97,7 @@ def evaluate(
     probe = MemoryProbe(local)
     session = 1 + max((row.get("session", 0) for row in done.values()), default=0)
     kept = sum(bool(row.get("thumbnail")) for row in done.values())
-    with _RowWriter(sample_set, folder, max(0, max_thumbnails - kept), on_sample) as writer:
+    with RowWriter(sample_set, folder, max(0, max_thumbnails - kept), on_sample) as writer:
         for sample, answer, timing in _answers(
             model, sample_set, pending, gen, local, batch_size, concurrency, progress
         ):
@@ -121,46 +108,10 @@ def evaluate(
         logger.warning(
             "%s holds %d samples; this run (limit %s) reports %d", folder, len(rows), limit, len(wanted)
         )
-    run = EvalRun(
-        samples_frame(wanted), config, folder, _stored_thumbnails(folder, wanted, writer.thumbnails)
-    )
+    run = EvalRun(samples_frame(wanted), config, folder, stored_thumbnails(folder, wanted, writer.thumbnails))
     if folder:
         run.write_summary(folder)
     return run
-
-
-class _RowWriter:
-    """Keeps each finished row: thumbnail (if wrong), samples.jsonl (fsynced), then the callback."""
-
-    def __init__(
-        self, sample_set: SampleSet, folder: Path | None, thumbnails_left: int, on_sample: Any
-    ) -> None:
-        self.sample_set, self.folder, self.thumbnails_left = sample_set, folder, thumbnails_left
-        self.on_sample = on_sample
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.thumbnails: dict[str, bytes] = {}
-        self.log = SampleLog(folder / SAMPLES_FILE) if folder else None
-
-    def add(self, sample: EvalSample, row: dict[str, Any]) -> None:
-        first_metric = self.sample_set.suite.metrics[0].name
-        if self.thumbnails_left > 0 and row[first_metric] < 1.0:
-            picture = _thumbnail(self.sample_set, sample)
-            if picture is not None:
-                row["thumbnail"], self.thumbnails[picture[0]] = picture
-                self.thumbnails_left -= 1
-                if self.folder:
-                    (self.folder / THUMBNAIL_DIR).mkdir(exist_ok=True)
-                    atomic_write(self.folder / THUMBNAIL_DIR / picture[0], picture[1])
-        self.rows[sample.id] = self.log.append(row) if self.log else json_row(row)
-        if self.on_sample is not None:
-            self.on_sample(self.rows[sample.id])
-
-    def __enter__(self) -> _RowWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.log:
-            self.log.close()
 
 
 def _as_suite(suite: Any) -> Suite:
@@ -342,27 +293,6 @@ def _row(
     }
 
 
-def _thumbnail(sample_set: SampleSet, sample: EvalSample) -> tuple[str, bytes] | None:
-    """(file name, PNG bytes) of a small copy of the sample's first image; None if it has none."""
-    images = sample_set.images(sample)
-    if not images:
-        return None
-    image = images[0].convert("RGB")
-    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    return re.sub(r"[^A-Za-z0-9._-]", "_", sample.id) + ".png", encode_png(image)
-
-
-def _stored_thumbnails(folder: Path | None, rows: list[dict], new: dict[str, bytes]) -> dict[str, bytes]:
-    names = [row["thumbnail"] for row in rows if row.get("thumbnail")]
-    if folder is None:
-        return {name: new[name] for name in names if name in new}
-    return {
-        name: (folder / THUMBNAIL_DIR / name).read_bytes()
-        for name in names
-        if (folder / THUMBNAIL_DIR / name).is_file()
-    }
-
-
 # ---- model and settings -------------------------------------------------------------------------
 
 
@@ -393,117 +323,3 @@ def _call_options(suite: Suite, model: Model, local: bool, adapter: AdapterChoic
     elif adapter is not DEFAULT_ADAPTER:
         gen["adapter"] = adapter  # any model or adapter name the server answers to
     return gen
-
-
-def describe_model(model: Model, local: bool, adapter: AdapterChoice) -> dict[str, Any]:
-    """What config.json records about the model under evaluation."""
-    if not local:
-        return {
-            "kind": "server",
-            "name": str(getattr(model, "model", None) or "server"),  # a client's default model name
-            "base_url": str(getattr(model, "base_url", "")) or None,
-            "adapter": None if adapter is DEFAULT_ADAPTER else adapter,
-        }
-    active = model.active_adapter if adapter is DEFAULT_ADAPTER else adapter
-    return {
-        "kind": "local",
-        "name": model.name,
-        "source": model.source,
-        "adapter": active,
-        "adapter_path": model.adapters.get(active) if active else None,
-        "dtype": str(model.dtype).removeprefix("torch."),
-        "device": str(model.device),
-        "quantized": getattr(model, "quantized", None),
-        "max_image_pixels": model.max_image_pixels,
-    }
-
-
-def run_config(
-    suite: Suite,
-    model: Model,
-    local: bool,
-    adapter: AdapterChoice,
-    name: str | None,
-    limit: int | None,
-    batch_size: int,
-    concurrency: int,
-) -> dict[str, Any]:
-    """config.json: suite, model, run settings, library versions and the git commit of glmlab."""
-    described = describe_model(model, local, adapter)
-    label = name or described["name"] + (f"+{described['adapter']}" if described["adapter"] else "")
-    pixels = suite.generation.get("max_image_pixels") or described.get("max_image_pixels")
-    return {
-        "name": label,
-        "suite": suite.to_dict(),
-        "model": described,
-        "settings": {
-            "limit": limit,
-            "batch_size": batch_size if local else 1,
-            "concurrency": 1 if local else concurrency,
-            "max_image_pixels": pixels,
-            "thinking": suite.prompt.thinking,
-            "generation": suite.generation,
-            "dtype": described.get("dtype"),
-            "device": described.get("device", "server"),
-            "memory": MemoryProbe._kind(local),
-        },
-        "versions": _versions(),
-        "git": _git_state(),
-        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-
-
-def _open_run_dir(folder: Path, config: dict[str, Any], resume: bool) -> Path:
-    """Create the run folder, or check that the run it holds is this one before resuming it."""
-    existing = folder / CONFIG_FILE
-    has_rows = bool(read_samples(folder / SAMPLES_FILE))
-    if existing.is_file() and has_rows:
-        if not resume:
-            raise ConfigError(
-                f"run_dir {folder}: already holds samples of a run. Pass resume=True (CLI: --resume) to "
-                "continue it, or choose another folder."
-            )
-        previous = read_config(existing)
-        changed = [key for key in _RESUME_KEYS if json_row(previous.get(key, {})) != json_row(config[key])]
-        if changed:
-            raise ConfigError(
-                f"run_dir {folder}: holds a run with a different {' and '.join(changed)}; resuming would "
-                "mix two runs. Choose another run_dir."
-            )
-        config["created_at"] = previous.get("created_at", config["created_at"])
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(existing, config)
-    return folder
-
-
-def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("glmlab", "torch", "transformers", "peft", "datasets", "pandas", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def _git_state() -> dict[str, Any]:
-    """The commit of the glmlab checkout (None outside a git checkout) and whether it has edits."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(dirty)}
