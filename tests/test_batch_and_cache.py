@@ -132,7 +132,7 @@ def test_a_weight_change_in_place_never_reuses_an_old_prefix(tiny_path):
 
 def test_a_session_never_reuses_a_prefix_across_an_adapter_swap_under_the_same_name(tiny_path, tmp_path):
     import glmlab
-    from glmlab.widgets.demo import random_adapter
+    from glmlab.adapters import random_adapter
 
     model = glmlab.load(tiny_path)
     first, second = (

@@ -1,8 +1,8 @@
 """Helpers shared by the serve, client, export and ComfyUI tests (this module holds no tests).
 
-Test adapters are made with plain peft on the tiny checkpoint (target modules anchored to the
-language model, optionally one vision module too), with lora_B set to random non-zero values so that
-base, adapter A and adapter B answer differently under greedy decoding. Fixtures defined here are
+Test adapters are glmlab's random adapters on the tiny checkpoint (target modules anchored to the
+language model, optionally one vision module too), so that base, adapter A and adapter B answer
+differently under greedy decoding. Fixtures defined here are
 imported by the test modules (`from test_serve_support import server_fixture`; the fixture is named
 `server`); each module that imports it gets its own server (module scope).
 """
@@ -33,25 +33,19 @@ def make_adapter(
     target_modules: str | None = None,
     modules_to_save: list[str] | None = None,
 ) -> Path:
-    """A PEFT LoRA adapter for the tiny checkpoint at `base`, saved with safetensors to `out`."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
+    """A random LoRA adapter (`glmlab.adapters.random_adapter`) for the tiny checkpoint at `base`."""
+    from glmlab.adapters import random_adapter
 
-    torch.manual_seed(seed)  # peft initialises lora_A randomly
-    model = AutoModelForImageTextToText.from_pretrained(base)
     targets = target_modules or (f"({TEXT_TARGETS}|{VISION_TARGETS})" if vision else TEXT_TARGETS)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, modules_to_save=modules_to_save)
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-            elif ".modules_to_save." in name:  # the adapter's own copy of a module: changed, so it shows
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    peft_model.save_pretrained(out, safe_serialization=True)
-    return out
+    return random_adapter(
+        base,
+        out,
+        rank=rank,
+        alpha=2 * rank,
+        seed=seed,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+    )
 
 
 @functools.cache

@@ -1,5 +1,6 @@
 """LoRA adapters: what an adapter folder holds and may load (`folder`), and the named adapters injected
-into a model (`injected.AdapterSet`). Below the model, the server and the exporters, which all read
+into a model (`injected.AdapterSet`), and adapters with random weights for demonstrations and tests
+(`random.random_adapter`). Below the model, the server and the exporters, which all read
 and load adapters through here.
 """
 
@@ -23,6 +24,7 @@ from glmlab.adapters.folder import (
     vllm_modules,
 )
 from glmlab.adapters.injected import AdapterSet
+from glmlab.adapters.random import random_adapter
 
 __all__ = [
     "MAX_LORA_RANK",
@@ -41,6 +43,7 @@ __all__ = [
     "inspect_adapter",
     "max_lora_rank",
     "module_name",
+    "random_adapter",
     "text_target_regex",
     "vllm_modules",
 ]

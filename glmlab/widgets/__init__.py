@@ -11,7 +11,7 @@ the preview, a Stop button, per-answer timing, adapter switching and an exportab
 
 from __future__ import annotations
 
-from glmlab.widgets.demo import random_adapter
+from glmlab.adapters.random import random_adapter
 from glmlab.widgets.history import COLUMNS as HISTORY_COLUMNS
 from glmlab.widgets.presets import PRESETS
 from glmlab.widgets.vqa import VQAWidget
