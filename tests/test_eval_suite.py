@@ -106,10 +106,9 @@ def test_missing_data_folder_fails_before_any_model_call(tmp_path):
         evaluate(suite, model=None)
 
 
-def test_unknown_generator_option_fails_before_any_model_call():
-    suite = Suite.from_dict(minimal(data={"generator": "shapes", "n": 2, "options": {"colours": ["red"]}}))
+def test_unknown_generator_option_fails_when_the_suite_is_read():
     with pytest.raises(ConfigError, match=r"data\.options\.colours: generator 'shapes' takes no option"):
-        evaluate(suite, model=None)
+        Suite.from_dict(minimal(data={"generator": "shapes", "n": 2, "options": {"colours": ["red"]}}))
 
 
 def test_template_placeholder_missing_from_the_data_names_the_field():

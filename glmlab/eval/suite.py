@@ -1,7 +1,7 @@
 """`Suite`: what an evaluation measures, as a typed config that a YAML file under `eval/` serialises.
 
-A suite names its data (a generator of `glmlab.data`, a data folder, or a hub dataset with a column
-mapping), how each record becomes a prompt (template, system prompt, thinking on/off), the generation
+A suite names its data (a `glmlab.data.DataSource`: a generator, a data folder, or a hub dataset with
+a column mapping, the same source a training recipe names), how each record becomes a prompt (template, system prompt, thinking on/off), the generation
 settings, how the scored part is taken out of the answer (an extractor of `glmlab.eval.extract`), the
 metrics with their options (fixed, or per sample from a metadata field), and which metadata fields
 each sample row keeps. Validation walks the whole document and reports every bad field at once, each
@@ -39,6 +39,7 @@ from glmlab.config import (
     text_list,
     unknown_keys,
 )
+from glmlab.data.source import DataSource
 from glmlab.errors import ConfigError
 from glmlab.eval.extract import EXTRACTORS
 from glmlab.eval.latency import LATENCY_COLUMNS
@@ -78,67 +79,6 @@ RESERVED_COLUMNS = (
     "session",
     "thumbnail",
 )
-ON_ERROR = ("raise", "skip")
-
-
-def _generators() -> Any:
-    from glmlab.data import GENERATORS
-
-    return GENERATORS
-
-
-@dataclass
-class DataSource:
-    """Where the records come from: exactly one of `generator`, `folder`, `hub`."""
-
-    generator: str | None = checked_field(
-        None, help="a name in glmlab.data.GENERATORS", check=one_of(_generators)
-    )
-    folder: str | None = checked_field(None, help="a data folder or .jsonl file", check=text())
-    hub: str | None = checked_field(None, help="a hub dataset name (datasets.load_dataset)", check=text())
-    n: int | None = checked_field(None, help="records to generate (generator only)", check=integer(1))
-    seed: int = checked_field(
-        0, help="generator seed; eval seeds differ from training seeds", check=integer()
-    )
-    options: dict[str, Any] = checked_field(help="generator options", check=mapping, default_factory=dict)
-    split: str | None = checked_field(None, help="hub split, or <split>.jsonl in a folder", check=text())
-    config: str | None = checked_field(None, help="hub configuration name", check=text())
-    columns: dict[str, str] = checked_field(
-        help="source column -> record field",
-        check=Check(
-            lambda v: isinstance(v, Mapping) and all(isinstance(name, str) for name in v.values()),
-            "a mapping of source column: record field name",
-        ),
-        default_factory=dict,
-    )
-    references: str | None = checked_field(
-        None, help="metadata field with every accepted answer (default: the answer)", check=text()
-    )
-    hub_options: dict[str, Any] = checked_field(
-        help="more load_dataset kwargs", check=mapping, default_factory=dict
-    )
-    on_error: str = checked_field(
-        "raise", help="bad rows: 'raise' or 'skip' (and report)", check=one_of(ON_ERROR)
-    )
-
-    def extra_problems(self) -> list[tuple[str, str]]:
-        sources = [key for key in ("generator", "folder", "hub") if getattr(self, key) is not None]
-        if len(sources) != 1:
-            return [("", f"give exactly one of generator, folder, hub (got {sources or 'none'})")]
-        if self.generator is not None and self.n is None:
-            return [("n", "a generator needs a number of records >= 1")]
-        if self.generator is None and self.n is not None:
-            return [("n", "only a generator takes n; use the run's limit to cut a folder or hub set")]
-        return []
-
-    @property
-    def kind(self) -> str:
-        return "generator" if self.generator else "folder" if self.folder else "hub"
-
-    @property
-    def label(self) -> str:
-        """What a log line or report calls this source."""
-        return f"{self.kind} {self.generator or self.folder or self.hub}"
 
 
 def _is_template(template: Any) -> bool:
@@ -301,17 +241,9 @@ class Suite:
     # ---- checks needing the file system -----------------------------------------------------------
 
     def check_data(self) -> None:
-        """Check what only the disk can tell: the data folder exists, generator options are known."""
-        problems = []
-        if self.data.folder is not None and not _has_records(Path(self.data.folder), self.data.split):
-            problems.append(
-                f"data.folder: {self.data.folder!r} holds no records (expected a folder with "
-                f"{self.data.split or 'data'}.jsonl, or a .jsonl file; relative paths are taken from "
-                f"the current directory {Path.cwd()})"
-            )
-        if self.data.generator is not None:
-            problems += _generator_option_problems(self.data.generator, self.data.options)
-        raise_if_problems(problems, f"suite {self.name!r}")
+        """Check what only the disk can tell: the data folder holds records."""
+        found = [f"data.{name}: {message}" for name, message in self.data.disk_problems()]
+        raise_if_problems(found, f"suite {self.name!r}")
 
     def generation_settings(self) -> dict[str, Any]:
         """The keyword arguments every model call of this suite gets (thinking included)."""
@@ -362,22 +294,3 @@ def _metric_options(name: str) -> list[str] | None:
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
     return [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
-
-
-def _generator_option_problems(generator: str, options: Mapping[str, Any]) -> list[str]:
-    from glmlab.data import GENERATORS, generator_options
-
-    if generator not in GENERATORS:
-        return []
-    known = generator_options(generator)
-    return [
-        f"data.options.{key}: generator {generator!r} takes no option {key!r}; it takes {', '.join(known)}"
-        for key in options
-        if key not in known
-    ]
-
-
-def _has_records(path: Path, split: str | None) -> bool:
-    if path.is_file():
-        return path.suffix == ".jsonl"
-    return (path / f"{split or 'data'}.jsonl").is_file()

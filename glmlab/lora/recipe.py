@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from glmlab.data.source import DEFAULT_GENERATED_SAMPLES  # noqa: F401 (estimate reads it here)
 from glmlab.errors import ConfigError
 
 DEFAULT_BASE_MODEL = "zai-org/GLM-4.6V-Flash"
@@ -39,9 +40,6 @@ PADDING_SIDES = ("right", "left")
 def _help(text: str, **extra: Any) -> Any:
     """A field default with its help text in metadata (peft's LoraConfig style)."""
     return field(metadata={"help": text}, **extra)
-
-
-DEFAULT_GENERATED_SAMPLES = 1000  # a generator recipe without train_samples
 
 
 @dataclass
