@@ -36,6 +36,7 @@ __all__ = [
     "checked_field",
     "coerce_sections",
     "field_paths",
+    "field_values",
     "integer",
     "mapping",
     "mapping_problems",
@@ -70,7 +71,7 @@ class Check:
     def __call__(self, value: Any) -> bool:
         try:
             return bool(self.test(value))
-        except (TypeError, ValueError):  # a value of the wrong type is simply invalid
+        except (TypeError, ValueError, re.error):  # a value of the wrong type is simply invalid
             return False
 
     def describe(self, value: Any) -> str:
@@ -306,6 +307,18 @@ def suggest(key: str, known: Collection[str] | Mapping[str, str]) -> str:
     names = known if isinstance(known, Mapping) else {name: name for name in known}
     close = difflib.get_close_matches(key, list(names), n=1)
     return f" (did you mean {names[close[0]]!r}?)" if close else ""
+
+
+def field_values(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf field of a config as {dotted path: value}, sections walked (mapping values stay whole)."""
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if section_type(item) is not None and dataclasses.is_dataclass(value):
+            values |= field_values(value, f"{prefix}{item.name}.")
+        else:
+            values[prefix + item.name] = value
+    return values
 
 
 def field_paths(cls: type, prefix: str = "") -> dict[str, str]:

@@ -43,9 +43,9 @@ def load_training_data(recipe: LoraRecipe) -> TrainingData:
     """The recipe's training and evaluation records (`datasets.Dataset`s in the glmlab record format)."""
     source = _source(recipe)
     if source.generator:
-        train, held_out, description = _generated(source, recipe.eval_samples)
+        train, held_out, description = _generated(source, recipe.evaluation.samples)
     else:
-        train, held_out, description = _split(source, recipe.eval_samples)
+        train, held_out, description = _split(source, recipe.evaluation.samples)
     logger.info(
         "data: %s -> %d training and %d held-out records",
         description,
@@ -56,15 +56,8 @@ def load_training_data(recipe: LoraRecipe) -> TrainingData:
 
 
 def _source(recipe: LoraRecipe) -> DataSource:
-    return DataSource(
-        generator=recipe.generator,
-        options=recipe.generator_options,
-        folder=recipe.data_path,
-        hub=recipe.hub_dataset,
-        split=recipe.hub_split if recipe.hub_dataset else None,
-        n=recipe.train_samples,
-        seed=recipe.seed,
-    )
+    """The recipe's data source with its seed resolved (data.seed, else the recipe's seed)."""
+    return replace(recipe.data, seed=recipe.data_seed)
 
 
 def _generated(source: DataSource, eval_samples: int):
@@ -83,14 +76,14 @@ def _split(source: DataSource, eval_samples: int):
     name = source.folder or f"{source.hub} ({source.split or 'train'})"
     if eval_samples >= len(records):
         raise ConfigError(
-            f"eval_samples={eval_samples}: {name} holds only {len(records)} records; "
+            f"evaluation.samples={eval_samples}: {name} holds only {len(records)} records; "
             "hold out fewer so some remain for training."
         )
     shuffled = records.shuffle(seed=source.seed)
     cut = len(shuffled) - eval_samples
     kept = min(cut, source.n or cut)
     if kept < cut:
-        logger.info("train_samples=%d: training on %d of %d records", kept, kept, cut)
+        logger.info("data.n=%d: training on %d of %d records", kept, kept, cut)
     train = shuffled.select(range(kept))
     held_out = shuffled.select(range(cut, len(shuffled))) if eval_samples else None
     return train, held_out, f"{name} shuffled with seed {source.seed}"
