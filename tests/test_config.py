@@ -107,3 +107,15 @@ def test_dotted_overrides_reach_nested_fields_and_list_items_and_leave_the_input
     assert data == {"adapter": {"rank": 16}, "metrics": [{"name": "anls"}]}
     with pytest.raises(ConfigError, match="override 'adapter.rank.x': cannot set 'x' there"):
         apply_overrides(data, {"adapter.rank.x": 1})
+
+
+def test_server_settings_report_every_bad_setting_at_once_against_the_same_floor():
+    from glmlab.serve.settings import ServerSettings
+
+    with pytest.raises(ConfigError) as caught:
+        ServerSettings(model="tiny", max_concurrency=0, max_image_pixels=MIN_IMAGE_PIXELS - 1)
+    message = str(caught.value)
+    assert message.startswith("2 invalid field(s):")
+    assert "ServerSettings.max_concurrency=0: must be at least 1" in message
+    assert f"ServerSettings.max_image_pixels=783: must be at least {MIN_IMAGE_PIXELS} (or unset)" in message
+    assert ServerSettings(model="tiny", max_image_pixels=MIN_IMAGE_PIXELS).max_image_pixels == 784
