@@ -153,7 +153,8 @@ def trained_adapter(ctx: DemoContext) -> Path | None:
     return None if result is None else Path(result.adapter_dir)
 
 
-TRAIN_OVERRIDES = {"eval_samples": 24}  # lora/shapes.yaml as shipped, fewer held-out images: ~1 minute on CPU
+# lora/shapes.yaml as shipped, fewer held-out images: ~1 minute on CPU (keys: dotted recipe paths)
+TRAIN_OVERRIDES = {"evaluation.samples": 24}
 
 
 def stage_train(ctx: DemoContext) -> None:
@@ -161,7 +162,11 @@ def stage_train(ctx: DemoContext) -> None:
     from glmlab.lora import train
 
     # The recipe trains lm_head in full for the tiny model only; a real model learns colours without it.
-    real = {"modules_to_save": [], "learning_rate": 1e-4, "loraplus_lr_ratio": None}
+    real = {
+        "adapter.modules_to_save": [],
+        "optimizer.learning_rate": 1e-4,
+        "optimizer.loraplus_lr_ratio": None,
+    }
     result = train(
         "shapes",
         ctx.work_dir / "lora-shapes",

@@ -14,6 +14,7 @@ from PIL import Image
 
 from glmlab.errors import InputError
 from glmlab.images import to_pil
+from glmlab.settings import MIN_IMAGE_PIXELS
 
 IMAGE_ITEM_TYPES = ("image", "image_url", "input_image")
 ROLES = ("system", "user", "assistant", "tool", "observation")
@@ -34,9 +35,9 @@ def pixel_budget_size(max_image_pixels: int) -> dict[str, int]:
     not an edge) is twice the area one image may keep: max_image_pixels=1024*1024 keeps a 1024x1024
     image whole (~1,340 image tokens for GLM-4.6V-Flash), larger images are scaled down to fit.
     """
-    if max_image_pixels < 28 * 28:
+    if max_image_pixels < MIN_IMAGE_PIXELS:
         raise InputError(
-            f"max_image_pixels={max_image_pixels}: must be at least 784 (one 28x28 image token)."
+            f"max_image_pixels={max_image_pixels}: must be at least {MIN_IMAGE_PIXELS} (one 28x28 image token)."
         )
     return {"shortest_edge": min(12544, 2 * max_image_pixels), "longest_edge": 2 * max_image_pixels}
 

@@ -3,16 +3,21 @@
 This is the one place generation options are checked, for the library and the server alike (the
 server's request schema takes its bounds from the constants here): every value that passes is one
 the model can take, so no option a caller sends can make sampling divide by ~0 and produce inf/nan.
+The checks are the fields' own metadata (`glmlab.config`), so a suite's generation section is checked
+by the same rules. Also the one image-size floor every config checks against (`MIN_IMAGE_PIXELS`).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from glmlab.config import Check, checked_field, is_int, is_number, problems, raise_if_problems
 from glmlab.errors import InputError
 
+# One image token covers 28x28 px (14 px patches merged 2x2): the smallest image budget a model can see.
+MIN_IMAGE_PIXELS = 28 * 28
 # 0 < temperature < MIN_TEMPERATURE is raised to it, as vLLM does: dividing the logits by 1e-300
 # overflows them to inf (then nan), while 0.01 is already as good as greedy.
 MIN_TEMPERATURE = 0.01
@@ -21,6 +26,26 @@ REPETITION_PENALTY_RANGE = (0.01, 10.0)
 MAX_SEED = 2**63 - 1
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 256  # stop strings are matched on the decoded tail, whose length follows this
+
+
+def _is_stop_list(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(
+        isinstance(stop, str) and 1 <= len(stop) <= MAX_STOP_CHARS for stop in value
+    )
+
+
+def _typed(
+    right_type: Callable[[Any], bool], kind: str, valid: Callable[[Any], bool], expected: str
+) -> Check:
+    """A type test and a range test: a value of the wrong type is told both ("a finite number >= 0")."""
+    return Check(
+        lambda value: right_type(value) and valid(value),
+        lambda value: expected if right_type(value) else f"{kind} {expected}".rstrip(),
+    )
+
+
+_LOW, _HIGH = REPETITION_PENALTY_RANGE
+_NUMBER = "a finite number"
 
 
 @dataclass
@@ -32,37 +57,54 @@ class GenerationSettings:
     in it).
     """
 
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: list[str] | None = None
-    do_sample: bool | None = None
+    max_new_tokens: int | None = checked_field(
+        None, help="Longest answer, in tokens.", check=_typed(is_int, "an integer", lambda v: v >= 1, ">= 1")
+    )
+    temperature: float | None = checked_field(
+        None,
+        help="Sampling temperature; 0 = greedy.",
+        check=_typed(is_number, _NUMBER, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    )
+    top_p: float | None = checked_field(
+        None,
+        help="Nucleus sampling mass.",
+        check=_typed(is_number, _NUMBER, lambda v: 0 < v <= 1, "in (0, 1]"),
+    )
+    top_k: int | None = checked_field(
+        None,
+        help="Sample from the k likeliest tokens (0: all).",
+        check=_typed(is_int, "an integer", lambda v: v >= 0, ">= 0 (0 = no top-k)"),
+    )
+    repetition_penalty: float | None = checked_field(
+        None,
+        help="Penalty on repeated tokens (1: none).",
+        check=_typed(is_number, _NUMBER, lambda v: _LOW <= v <= _HIGH, f"in [{_LOW}, {_HIGH:g}]"),
+    )
+    seed: int | None = checked_field(
+        None,
+        help="Seed that makes sampling reproducible.",
+        check=_typed(is_int, "an integer", lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
+    )
+    stop: list[str] | None = checked_field(
+        None,
+        help="Strings that end the answer (not included in it).",
+        check=_typed(
+            _is_stop_list,
+            f"a list of strings of 1 to {MAX_STOP_CHARS} characters,",
+            lambda v: len(v) <= MAX_STOP_STRINGS,
+            f"at most {MAX_STOP_STRINGS} strings",
+        ),
+    )
+    do_sample: bool | None = checked_field(
+        None,
+        help="Sample (true) or decode greedily (false); default: from temperature.",
+        check=_typed(lambda v: isinstance(v, bool), "true or false", lambda v: True, ""),
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        low, high = REPETITION_PENALTY_RANGE
-        checks = [  # (field, (type test, its words), range test, the range in words)
-            ("max_new_tokens", _INTEGER, lambda v: v >= 1, ">= 1"),
-            ("temperature", _NUMBER, lambda v: v >= 0, ">= 0 (0 = greedy)"),
-            ("top_p", _NUMBER, lambda v: 0 < v <= 1, "in (0, 1]"),
-            ("top_k", _INTEGER, lambda v: v >= 0, ">= 0 (0 = no top-k)"),
-            ("repetition_penalty", _NUMBER, lambda v: low <= v <= high, f"in [{low}, {high:g}]"),
-            ("seed", _INTEGER, lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]"),
-            ("do_sample", (lambda v: isinstance(v, bool), "true or false"), lambda v: True, ""),
-            ("stop", _STOP_LIST, lambda v: len(v) <= MAX_STOP_STRINGS, f"at most {MAX_STOP_STRINGS} strings"),
-        ]
-        for name, (right_type, kind), valid, expected in checks:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not right_type(value):
-                raise InputError(f"{name}={_short(value)}: must be {kind} {expected}".rstrip() + ".")
-            if not valid(value):
-                raise InputError(f"{name}={_short(value)}: must be {expected}.")
+        raise_if_problems(problems(self), error=InputError)
         for name in ("temperature", "top_p", "repetition_penalty"):  # transformers wants floats, not ints
             if getattr(self, name) is not None:
                 setattr(self, name, float(getattr(self, name)))
@@ -73,27 +115,3 @@ class GenerationSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_stop_list(value: Any) -> bool:
-    return isinstance(value, list | tuple) and all(
-        isinstance(stop, str) and 1 <= len(stop) <= MAX_STOP_CHARS for stop in value
-    )
-
-
-_INTEGER = (_is_int, "an integer")
-_NUMBER = (_is_number, "a finite number")
-_STOP_LIST = (_is_stop_list, f"a list of strings of 1 to {MAX_STOP_CHARS} characters,")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

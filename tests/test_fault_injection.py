@@ -134,18 +134,18 @@ EVAL = {
 # the restored RNG state matters), evaluation at steps 0, 3 and 6.
 TRAIN = {
     "base_model": "tiny",
-    "max_steps": 6,
-    "train_samples": 16,
-    "batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "eval_samples": 2,
-    "eval_every_steps": 3,
-    "eval_max_new_tokens": 4,
-    "save_every_steps": 1,
-    "save_total_limit": 2,
+    "optimizer.max_steps": 6,
+    "data.n": 16,
+    "optimizer.batch_size": 2,
+    "optimizer.gradient_accumulation_steps": 1,
+    "evaluation.samples": 2,
+    "evaluation.every_steps": 3,
+    "evaluation.max_new_tokens": 4,
+    "checkpoints.every_steps": 1,
+    "checkpoints.total_limit": 2,
     "logging_steps": 1,
-    "warmup_ratio": 0.0,
-    "dropout": 0.1,
+    "optimizer.warmup_ratio": 0.0,
+    "adapter.dropout": 0.1,
 }
 
 

@@ -132,12 +132,17 @@ def test_target_modules_adapt_text_gate_up_but_no_vision_by_default(tiny_path):
     from glmlab.lora.training import _with_adapter, adapted_module_names
 
     vlm = glmlab.load(str(tiny_path))
-    names = adapted_module_names(_with_adapter(vlm, LoraRecipe(generator="shapes", base_model="tiny")))
+    names = adapted_module_names(
+        _with_adapter(vlm, LoraRecipe(data={"generator": "shapes"}, base_model="tiny"))
+    )
     assert not [name for name in names if ".visual." in name]
     assert any(name.endswith("language_model.layers.0.mlp.gate_up_proj") for name in names)
     assert len(names) == 2 * 6  # q, k, v, o, gate_up, down in each of the 2 tiny layers
     merger = adapted_module_names(
-        _with_adapter(glmlab.load(str(tiny_path)), LoraRecipe(generator="shapes", adapt_vision="merger"))
+        _with_adapter(
+            glmlab.load(str(tiny_path)),
+            LoraRecipe(data={"generator": "shapes"}, adapter={"adapt_vision": "merger"}),
+        )
     )
     assert sum(".visual.merger." in name for name in merger) == 4
 

@@ -28,7 +28,7 @@ def test_parameter_counts_come_from_the_real_config():
     shapes = model_shapes()
     assert shapes.total_params == 10_292_777_472
     assert (shapes.hidden, shapes.kv_dim, shapes.intermediate, shapes.layers) == (4096, 256, 13696, 40)
-    recipe = LoraRecipe(generator="shapes", rank=16)
+    recipe = LoraRecipe(data={"generator": "shapes"}, adapter={"rank": 16})
     # per layer: q (4096+4096), k and v (4096+256 each), o (4096+4096), gate_up (4096+27392),
     # down (13696+4096)
     assert lora_parameter_count(recipe, shapes) == 40 * 16 * 74368
@@ -46,21 +46,31 @@ def test_a_config_given_as_a_path_or_a_dict_replaces_the_shipped_one(tmp_path):
 
 
 def test_memory_grows_with_rank_and_shrinks_with_checkpointing_and_4bit():
-    recipe = LoraRecipe(generator="shapes", rank=16, gradient_checkpointing=True)
+    recipe = LoraRecipe(
+        data={"generator": "shapes"}, adapter={"rank": 16}, hardware={"gradient_checkpointing": True}
+    )
     base = estimate_memory(recipe, sample=SAMPLE)
     assert base.weights_gib == pytest.approx(10_292_777_472 * 2 / 1024**3)
-    assert estimate_memory(recipe.replace(rank=64), sample=SAMPLE).adapter_gib == pytest.approx(
-        4 * base.adapter_gib
-    )
+    assert estimate_memory(
+        recipe.replace(**{"adapter.rank": 64}), sample=SAMPLE
+    ).adapter_gib == pytest.approx(4 * base.adapter_gib)
     assert (
-        estimate_memory(recipe.replace(gradient_checkpointing=False), sample=SAMPLE).activations_gib
+        estimate_memory(
+            recipe.replace(**{"hardware.gradient_checkpointing": False}), sample=SAMPLE
+        ).activations_gib
         > 10 * base.activations_gib
     )
-    assert estimate_memory(recipe.replace(quantize_4bit=True), sample=SAMPLE).total_gib < base.total_gib / 2
+    assert (
+        estimate_memory(recipe.replace(**{"hardware.quantize_4bit": True}), sample=SAMPLE).total_gib
+        < base.total_gib / 2
+    )
 
 
 def test_time_is_flops_over_achievable_throughput():
-    recipe = LoraRecipe(generator="shapes", batch_size=1, gradient_accumulation_steps=1, max_steps=10)
+    recipe = LoraRecipe(
+        data={"generator": "shapes"},
+        optimizer={"batch_size": 1, "gradient_accumulation_steps": 1, "max_steps": 10},
+    )
     h100, a10 = (
         estimate_time(recipe, gpu="80GB", sample=SAMPLE),
         estimate_time(recipe, gpu="24GB", sample=SAMPLE),

@@ -16,14 +16,10 @@ from glmlab.lora.collator import LoraCollator, answer_end_token_id
 from glmlab.lora.training import _optimizer, _with_adapter
 
 RECIPE = LoraRecipe(
-    generator="shapes",
+    data={"generator": "shapes"},
     base_model="tiny",
-    rank=4,
-    alpha=8,
-    dropout=0.0,
-    adapt_vision="merger",
-    learning_rate=1e-2,
-    loraplus_lr_ratio=4,
+    adapter={"rank": 4, "alpha": 8, "dropout": 0.0, "adapt_vision": "merger"},
+    optimizer={"learning_rate": 1e-2, "loraplus_lr_ratio": 4},
 )
 
 
@@ -62,7 +58,7 @@ def one_step(model, batch):
 def test_fresh_lora_adapter_leaves_the_output_unchanged(tiny_path, batch):
     vlm = fresh_vlm(tiny_path)
     before = logits_of(vlm.model, batch)
-    model = _with_adapter(vlm, RECIPE.replace(modules_to_save=["lm_head"]))
+    model = _with_adapter(vlm, RECIPE.replace(**{"adapter.modules_to_save": ["lm_head"]}))
     assert torch.equal(logits_of(model, batch), before)
 
 
@@ -84,7 +80,7 @@ def test_save_then_reload_gives_identical_outputs_in_glmlab_and_plain_peft(tiny_
     from transformers import AutoModelForImageTextToText
 
     vlm = fresh_vlm(tiny_path)
-    model = _with_adapter(vlm, RECIPE.replace(modules_to_save=["lm_head"]))
+    model = _with_adapter(vlm, RECIPE.replace(**{"adapter.modules_to_save": ["lm_head"]}))
     one_step(model, batch)
     trained = logits_of(model, batch)
     model.save_pretrained(str(tmp_path / "adapter"))

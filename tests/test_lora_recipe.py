@@ -1,4 +1,5 @@
-"""LoraRecipe: the shipped recipes are valid, and bad fields are named, all at once."""
+"""LoraRecipe: the shipped recipes are valid, bad fields are named by their dotted path, all at once,
+and keys of the earlier flat layout say where they moved."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from glmlab.errors import ConfigError
-from glmlab.lora import LANGUAGE_TARGETS, LoraRecipe
+from glmlab.lora import LANGUAGE_TARGETS, MOVED, AdapterSettings, LoraRecipe
 from glmlab.lora.recipe import field_help, field_names
 
 LORA_DIR = Path(__file__).resolve().parents[1] / "lora"
@@ -42,95 +43,125 @@ def test_shipped_recipes_open_with_a_comment_block_and_comment_every_knob():
         assert not uncommented, f"{path.name}: knobs without a trade-off comment: {uncommented}"
 
 
-def test_invalid_fields_are_all_reported_by_name():
+def test_invalid_fields_are_all_reported_by_their_dotted_path():
     with pytest.raises(ConfigError) as caught:
         LoraRecipe(
-            generator="shapes",
-            rank=0,
-            dropout=1.5,
-            precision="int3",
-            adapt_vision="eyes",
-            learning_rate=-1.0,
-            target_modules="(unclosed",
+            data={"generator": "shapes"},
+            adapter={"rank": 0, "dropout": 1.5, "adapt_vision": "eyes", "targets": "(unclosed"},
+            optimizer={"learning_rate": -1.0},
+            hardware={"precision": "int3"},
         )
     message = str(caught.value)
     for name in (
-        "rank=0",
-        "dropout=1.5",
-        "precision='int3'",
-        "adapt_vision='eyes'",
-        "learning_rate=-1.0",
-        "target_modules=",
+        "adapter.rank=0: must be an integer >= 1",
+        "adapter.dropout=1.5: must be a number in [0, 1)",
+        "hardware.precision='int3': must be one of auto, bf16, fp16, fp32",
+        "adapter.adapt_vision='eyes': must be one of none, merger, all",
+        "optimizer.learning_rate=-1.0: must be a number in (0, 1)",
+        "adapter.targets='(unclosed': must be a valid regular expression",
     ):
         assert name in message
     assert "6 invalid field(s)" in message
 
 
 def test_a_recipe_needs_exactly_one_data_source():
-    with pytest.raises(ConfigError, match="exactly one data source, got none"):
+    with pytest.raises(ConfigError, match=r"data: give exactly one of generator, folder, hub \(got none\)"):
         LoraRecipe()
-    with pytest.raises(ConfigError, match="got generator, data_path"):
-        LoraRecipe(generator="shapes", data_path="data/")
+    with pytest.raises(ConfigError, match=r"got \['generator', 'folder'\]"):
+        LoraRecipe(data={"generator": "shapes", "folder": "data/"})
 
 
 def test_unknown_generator_option_is_named_with_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['colour'\] for 'shapes'"):
-        LoraRecipe(generator="shapes", generator_options={"colour": "red"})
-
-
-def test_unknown_yaml_key_suggests_the_field(tmp_path):
-    path = tmp_path / "typo.yaml"
-    path.write_text("generator: shapes\nlearning_rat: 0.001\n")
     with pytest.raises(
-        ConfigError,
-        match=r"typo.yaml: unknown recipe field\(s\) 'learning_rat' \(did you mean "
-        r"'learning_rate'\?\)",
+        ConfigError, match=r"data\.options\.colour: generator 'shapes' takes no option 'colour'"
     ):
+        LoraRecipe(data={"generator": "shapes", "options": {"colour": "red"}})
+
+
+def test_unknown_yaml_key_suggests_the_field_by_its_dotted_path(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("data:\n  generator: shapes\noptimizer:\n  learning_rat: 0.001\nrnak: 4\n")
+    with pytest.raises(ConfigError) as caught:
         LoraRecipe.from_yaml(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 2 invalid field(s)")
+    assert "optimizer.learning_rat: unknown field (did you mean 'learning_rate'?)" in message
+    assert "rnak: unknown field (did you mean 'adapter.rank'?)" in message
+
+
+def test_old_flat_keys_say_where_they_moved(tmp_path):
+    path = tmp_path / "flat.yaml"
+    path.write_text(
+        "name: flat\ngenerator: shapes\ntrain_samples: 100\nrank: 8\nprompt: Read the shape.\n"
+        "target_modules: .*q_proj\neval_metric: exact_match\nsave_every_steps: 10\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        LoraRecipe.from_yaml(path)
+    message = str(caught.value)
+    for line in (
+        "generator: moved to data.generator",
+        "train_samples: moved to data.n",
+        "rank: moved to adapter.rank",
+        "prompt: moved to prompt.instruction",
+        "target_modules: moved to adapter.targets",
+        "eval_metric: moved to evaluation.metric",
+        "save_every_steps: moved to checkpoints.every_steps",
+    ):
+        assert line in message
+    assert "8 invalid field(s)" in message  # the moved keys, and the data source they left empty
+    with pytest.raises(ConfigError, match="rank: moved to adapter.rank"):
+        LoraRecipe(data={"generator": "shapes"}).replace(rank=8)
+
+
+def test_every_moved_key_names_a_field_of_the_nested_recipe():
+    assert set(MOVED.values()) <= set(field_names())
+    assert not set(MOVED) & {name for name in field_names() if "." not in name}
 
 
 def test_yaml_round_trip_gives_the_same_recipe(tmp_path):
     recipe = LoraRecipe(
         name="rt",
-        generator="shapes",
-        generator_options={"size": 56},
-        rank=4,
-        modules_to_save=["lm_head"],
-        loraplus_lr_ratio=4.0,
-        thinking=True,
+        data={"generator": "shapes", "options": {"size": 56}},
+        adapter={"rank": 4, "modules_to_save": ["lm_head"]},
+        optimizer={"loraplus_lr_ratio": 4.0},
+        prompt={"thinking": True},
     )
     recipe.to_yaml(tmp_path / "rt.yaml")
     assert LoraRecipe.from_yaml(tmp_path / "rt.yaml") == recipe
 
 
-def test_replace_returns_a_validated_copy_and_leaves_the_recipe_alone():
-    recipe = LoraRecipe(generator="shapes")
-    changed = recipe.replace(rank=4, base_model="tiny")
-    assert (recipe.rank, recipe.base_model) == (16, "zai-org/GLM-4.6V-Flash")
-    assert (changed.rank, changed.base_model) == (4, "tiny")
-    with pytest.raises(ConfigError, match="rank=-2"):
-        recipe.replace(rank=-2)
-    with pytest.raises(ConfigError, match="'rnak' \\(did you mean 'rank'\\?\\)"):
-        recipe.replace(rnak=4)
+def test_replace_takes_dotted_paths_returns_a_validated_copy_and_leaves_the_recipe_alone():
+    recipe = LoraRecipe(data={"generator": "shapes"}, adapter={"alpha": 8.0})
+    changed = recipe.replace(**{"adapter.rank": 4, "base_model": "tiny"})
+    assert (recipe.adapter.rank, recipe.base_model) == (16, "zai-org/GLM-4.6V-Flash")
+    assert (changed.adapter.rank, changed.adapter.alpha, changed.base_model) == (4, 8.0, "tiny")
+    # a mapping replaces its whole section: alpha falls back to its default
+    assert recipe.replace(adapter={"rank": 4}).adapter == AdapterSettings(rank=4)
+    with pytest.raises(ConfigError, match=r"adapter\.rank=-2: must be an integer >= 1"):
+        recipe.replace(**{"adapter.rank": -2})
+    with pytest.raises(ConfigError, match=r"adapter\.rnak: unknown field \(did you mean 'rank'\?\)"):
+        recipe.replace(**{"adapter.rnak": 4})
 
 
 def test_default_targets_are_the_language_model_only_and_vision_is_opt_in():
-    recipe = LoraRecipe(generator="shapes")
-    assert recipe.target_regex == LANGUAGE_TARGETS
-    assert "visual" not in recipe.target_regex
-    assert "visual\\.merger" in recipe.replace(adapt_vision="merger").target_regex
+    recipe = LoraRecipe(data={"generator": "shapes"})
+    assert recipe.adapter.target_regex == LANGUAGE_TARGETS
+    assert "visual" not in recipe.adapter.target_regex
+    assert "visual\\.merger" in recipe.replace(**{"adapter.adapt_vision": "merger"}).adapter.target_regex
 
 
 def test_every_field_has_help():
     assert all(field_help(name) for name in field_names())
+    assert field_help("adapter.rank").startswith("LoRA rank r")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the error is for machines without CUDA")
 def test_quantize_4bit_on_cpu_is_a_clear_error(tmp_path):
     from glmlab.lora import train
 
-    with pytest.raises(ConfigError, match="quantize_4bit=True: QLoRA needs a CUDA GPU"):
-        train(LoraRecipe(generator="shapes", base_model="tiny", quantize_4bit=True), tmp_path / "run")
+    recipe = LoraRecipe(data={"generator": "shapes"}, base_model="tiny", hardware={"quantize_4bit": True})
+    with pytest.raises(ConfigError, match="hardware.quantize_4bit=True: QLoRA needs a CUDA GPU"):
+        train(recipe, tmp_path / "run")
 
 
 def test_a_data_folder_is_shuffled_and_split_into_disjoint_train_and_held_out_records(tmp_path):
@@ -143,11 +174,11 @@ def test_a_data_folder_is_shuffled_and_split_into_disjoint_train_and_held_out_re
         {"id": f"r{i}", "image": scene(56, 56), "question": "Colour?", "answer": "red"} for i in range(10)
     ]
     save_records(rows, tmp_path / "data")
-    recipe = LoraRecipe(data_path=str(tmp_path / "data"), eval_samples=3, train_samples=5)
+    recipe = LoraRecipe(data={"folder": str(tmp_path / "data"), "n": 5}, evaluation={"samples": 3})
     data = load_training_data(recipe)
     train_ids, held_out_ids = set(data.train["id"]), set(data.eval["id"])
     assert (len(train_ids), len(held_out_ids)) == (5, 3) and not train_ids & held_out_ids
     assert load_training_data(recipe).fingerprint == data.fingerprint
     assert load_training_data(recipe.replace(seed=1)).fingerprint != data.fingerprint
-    with pytest.raises(ConfigError, match="eval_samples=10: .* holds only 10 records"):
-        load_training_data(recipe.replace(eval_samples=10))
+    with pytest.raises(ConfigError, match="evaluation.samples=10: .* holds only 10 records"):
+        load_training_data(recipe.replace(**{"evaluation.samples": 10}))

@@ -24,17 +24,17 @@ from glmlab.lora import LoraRecipe, read_run_info, train
 
 LORA_DIR = Path(__file__).resolve().parents[1] / "lora"
 # A short shapes run: 6 steps of 4 samples, checkpoints and evaluation every 3 steps.
-SHORT = dict(
-    base_model="tiny",
-    max_steps=6,
-    train_samples=24,
-    batch_size=4,
-    eval_samples=4,
-    eval_every_steps=3,
-    save_every_steps=3,
-    logging_steps=1,
-    warmup_ratio=0.0,
-)
+SHORT = {
+    "base_model": "tiny",
+    "optimizer.max_steps": 6,
+    "data.n": 24,
+    "optimizer.batch_size": 4,
+    "evaluation.samples": 4,
+    "evaluation.every_steps": 3,
+    "checkpoints.every_steps": 3,
+    "logging_steps": 1,
+    "optimizer.warmup_ratio": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +160,17 @@ def test_last_complete_checkpoint_skips_folders_without_a_readable_trainer_state
 
 def test_target_modules_matching_nothing_is_a_config_error_naming_them(tiny_path, tmp_path):
     with pytest.raises(
-        ConfigError, match=r"^target_modules=.*qproj.* on tiny: Target modules .*qproj not found"
+        ConfigError, match=r"^adapter.targets=.*qproj.* on tiny: Target modules .*qproj not found"
     ):
         train(
             LORA_DIR / "shapes.yaml",
             tmp_path / "run",
-            **{**SHORT, "target_modules": r".*\.qproj", "adapt_vision": "none", "modules_to_save": []},
+            **{
+                **SHORT,
+                "adapter.targets": r".*\.qproj",
+                "adapter.adapt_vision": "none",
+                "adapter.modules_to_save": [],
+            },
         )
 
 
@@ -175,10 +180,10 @@ def test_a_data_folder_trains_on_all_its_records_unless_train_samples_caps_it(tm
 
     save_records(generate("shapes", 30, seed=1, size=56), tmp_path / "data")
     recipe = LoraRecipe.from_dict(
-        {"name": "folder", "base_model": "tiny", "data_path": str(tmp_path / "data")}
+        {"name": "folder", "base_model": "tiny", "data": {"folder": str(tmp_path / "data")}}
     )
-    assert len(load_training_data(recipe.replace(eval_samples=4)).train) == 26
-    assert len(load_training_data(recipe.replace(eval_samples=4, train_samples=10)).train) == 10
+    assert len(load_training_data(recipe.replace(**{"evaluation.samples": 4})).train) == 26
+    assert len(load_training_data(recipe.replace(**{"evaluation.samples": 4, "data.n": 10})).train) == 10
 
 
 def test_an_output_folder_with_checkpoints_needs_resume(shapes_run):
@@ -187,7 +192,7 @@ def test_an_output_folder_with_checkpoints_needs_resume(shapes_run):
 
 
 def test_resuming_with_another_recipe_is_refused_before_loading_naming_the_fields(shapes_run):
-    changed = {**SHORT, "max_steps": 8, "learning_rate": 1e-3}
+    changed = {**SHORT, "optimizer.max_steps": 8, "optimizer.learning_rate": 1e-3}
     with pytest.raises(ConfigError) as caught:
         train(LORA_DIR / "shapes.yaml", shapes_run.output_dir, resume=True, **changed)
     message = str(caught.value)
@@ -204,20 +209,19 @@ def test_resuming_on_other_data_is_refused_naming_the_data_fingerprints(tmp_path
         {
             "name": "folder",
             "base_model": "tiny",
-            "data_path": str(tmp_path / "data"),
-            "eval_samples": 0,
-            "max_steps": 1,
-            "batch_size": 2,
-            "gradient_accumulation_steps": 1,
-            "save_every_steps": 1,
-            "gradient_checkpointing": False,
+            "data": {"folder": str(tmp_path / "data")},
+            "evaluation": {"samples": 0},
+            "optimizer": {"max_steps": 1, "batch_size": 2, "gradient_accumulation_steps": 1},
+            "checkpoints": {"every_steps": 1},
+            "hardware": {"gradient_checkpointing": False},
         }
     )
     first = train(recipe, tmp_path / "run")
     fingerprint = json.loads((tmp_path / "run" / "run_fingerprint.json").read_text())
     assert fingerprint["data"] == read_run_info(first.output_dir)["data"]
     # A resume that changes only how often the run saves and logs is the same run.
-    assert train(recipe, tmp_path / "run", resume=True, save_every_steps=5, logging_steps=2).global_step == 1
+    saving_less = {"checkpoints.every_steps": 5, "logging_steps": 2}
+    assert train(recipe, tmp_path / "run", resume=True, **saving_less).global_step == 1
     shutil.rmtree(tmp_path / "data")
     save_records(generate("shapes", 6, seed=2, size=56), tmp_path / "data")
     with pytest.raises(ConfigError, match=r"Differences: data: .*data shuffled with seed 0 \(fingerprint "):
@@ -252,11 +256,11 @@ def test_cli_train_runs_a_recipe_and_prints_a_summary(tmp_path, tiny_path):
             "--max-steps",
             "2",
             "--set",
-            "train_samples=8",
+            "data.n=8",
             "--set",
-            "eval_samples=0",
+            "evaluation.samples=0",
             "--set",
-            "batch_size=4",
+            "optimizer.batch_size=4",
             "--set",
             "logging_steps=1",
         ],
@@ -264,8 +268,10 @@ def test_cli_train_runs_a_recipe_and_prints_a_summary(tmp_path, tiny_path):
     assert result.exit_code == 0, result.output
     assert "steps: 2 in" in result.output and "loss:" in result.output and "adapter:" in result.output
     assert (tmp_path / "cli" / "adapter_model.safetensors").exists()
-    bad = CliRunner().invoke(app, ["train", str(LORA_DIR / "shapes.yaml"), "--set", "rnak=4"])
-    assert bad.exit_code == 2 and "did you mean 'rank'" in bad.output
+    bad = CliRunner().invoke(app, ["train", str(LORA_DIR / "shapes.yaml"), "--set", "adapter.rnak=4"])
+    assert bad.exit_code == 2 and "adapter.rnak: unknown field (did you mean 'rank'?)" in bad.output
+    old = CliRunner().invoke(app, ["train", str(LORA_DIR / "shapes.yaml"), "--set", "rank=4"])
+    assert old.exit_code == 2 and "rank: moved to adapter.rank" in old.output
 
 
 def test_demo_train_stage_shows_the_loss_falling_and_leaves_the_adapter(tmp_path, tiny_path, monkeypatch):
@@ -287,7 +293,11 @@ def test_demo_train_stage_shows_the_loss_falling_and_leaves_the_adapter(tmp_path
 
 
 def test_training_shows_a_progress_bar_and_one_line_per_evaluation_not_log_dicts(tmp_path, capfd):
-    train(LORA_DIR / "shapes.yaml", tmp_path / "run", **{**SHORT, "max_steps": 3, "save_every_steps": 3})
+    train(
+        LORA_DIR / "shapes.yaml",
+        tmp_path / "run",
+        **{**SHORT, "optimizer.max_steps": 3, "checkpoints.every_steps": 3},
+    )
     printed = "".join(capfd.readouterr())
     assert "training: 100%" in printed and "3/3 [" in printed
     assert re.search(r"step 3/3  loss \d+\.\d{3}  exact_match \d\.\d{3}\n", printed)
@@ -295,7 +305,7 @@ def test_training_shows_a_progress_bar_and_one_line_per_evaluation_not_log_dicts
 
 
 def test_training_progress_can_be_silenced(tmp_path, capfd):
-    train(LORA_DIR / "shapes.yaml", tmp_path / "run", progress=False, **{**SHORT, "max_steps": 1})
+    train(LORA_DIR / "shapes.yaml", tmp_path / "run", progress=False, **{**SHORT, "optimizer.max_steps": 1})
     printed = "".join(capfd.readouterr())
     assert "training:" not in printed and "step 1/1" not in printed
 
@@ -317,11 +327,16 @@ def test_evaluation_line_is_one_aligned_row_of_the_loss_table():
 # Each recipe as shipped but smaller: fewer records, 2 steps without warm-up (so step 2 sees an update),
 # and for the invoices (~700-token answers over a 151,552-word vocabulary) one sample per step and
 # fewer image pixels.
+INVOICE_OVERRIDES = {
+    "data.n": 2,
+    "optimizer.gradient_accumulation_steps": 1,
+    "prompt.max_image_pixels": 224 * 224,
+}
 RECIPE_OVERRIDES = {
-    "shapes": dict(train_samples=32),
-    "invoices-zh": dict(train_samples=2, gradient_accumulation_steps=1, max_image_pixels=224 * 224),
-    "invoices-en": dict(train_samples=2, gradient_accumulation_steps=1, max_image_pixels=224 * 224),
-    "medical-phantoms": dict(train_samples=32),
+    "shapes": {"data.n": 32},
+    "invoices-zh": INVOICE_OVERRIDES,
+    "invoices-en": INVOICE_OVERRIDES,
+    "medical-phantoms": {"data.n": 32},
 }
 RECORDED_LOSSES = {
     "invoices-en": [11.977451, 11.964664],
@@ -335,13 +350,15 @@ def first_losses(name: str, output: Path) -> list[float]:
     result = train(
         LORA_DIR / f"{name}.yaml",
         output,
-        base_model="tiny",
-        max_steps=2,
-        eval_samples=0,
-        warmup_ratio=0.0,
-        logging_steps=1,
-        save_every_steps=1000,
-        **RECIPE_OVERRIDES[name],
+        **{
+            "base_model": "tiny",
+            "optimizer.max_steps": 2,
+            "evaluation.samples": 0,
+            "optimizer.warmup_ratio": 0.0,
+            "logging_steps": 1,
+            "checkpoints.every_steps": 1000,
+            **RECIPE_OVERRIDES[name],
+        },
     )
     return [round(float(loss), 6) for loss in result.history["loss"].dropna()]
 
@@ -365,7 +382,7 @@ def test_plot_works_when_no_loss_was_logged_yet():
     from glmlab.lora import LoraRecipe
     from glmlab.lora.training import TrainResult
 
-    recipe = LoraRecipe(name="x", base_model="tiny", generator="shapes")
+    recipe = LoraRecipe(name="x", base_model="tiny", data={"generator": "shapes"})
     history = pd.DataFrame({"step": [0], "eval_exact_match": [0.25]})
     result = TrainResult(
         output_dir=".", recipe=recipe, history=history, metrics={}, global_step=0, train_runtime_s=0.0

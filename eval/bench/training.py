@@ -18,29 +18,28 @@ from common import bench_checkpoint, report
 
 STEPS = 6
 BATCH = 4
-RECIPE = dict(
-    generator="shapes",
-    generator_options={"size": 224, "question_types": ["color"]},
-    train_samples=STEPS * BATCH,
-    eval_samples=0,
-    rank=16,
-    alpha=32,
-    dropout=0.0,
-    adapt_vision="none",
-    modules_to_save=[],
-    learning_rate=1e-4,
-    lr_scheduler="constant",
-    warmup_ratio=0.0,
-    max_grad_norm=0.0,
-    max_steps=STEPS,
-    batch_size=BATCH,
-    gradient_accumulation_steps=1,
-    max_image_pixels=224 * 224,
-    save_every_steps=10_000,
-    thinking=False,
-    gradient_checkpointing=False,
-    loraplus_lr_ratio=None,
-)
+RECIPE = {
+    "data": {
+        "generator": "shapes",
+        "options": {"size": 224, "question_types": ["color"]},
+        "n": STEPS * BATCH,
+    },
+    "prompt": {"thinking": False, "max_image_pixels": 224 * 224},
+    "adapter": {"rank": 16, "alpha": 32, "dropout": 0.0, "adapt_vision": "none", "modules_to_save": []},
+    "optimizer": {
+        "learning_rate": 1e-4,
+        "lr_scheduler": "constant",
+        "warmup_ratio": 0.0,
+        "max_grad_norm": 0.0,
+        "max_steps": STEPS,
+        "batch_size": BATCH,
+        "gradient_accumulation_steps": 1,
+        "loraplus_lr_ratio": None,
+    },
+    "hardware": {"gradient_checkpointing": False},
+    "evaluation": {"samples": 0},
+    "checkpoints": {"every_steps": 10_000},
+}
 
 
 def glmlab_step_s(recipe) -> float:
@@ -65,8 +64,8 @@ def plain_step_s(recipe) -> float:
     collator = LoraCollator(
         vlm.processor,
         eos_token_id=answer_end_token_id(vlm.tokenizer, vlm.eos_token_ids),
-        thinking=recipe.thinking,
-        max_image_pixels=recipe.max_image_pixels,
+        thinking=recipe.prompt.thinking,
+        max_image_pixels=recipe.prompt.max_image_pixels,
     )
     records = load_training_data(recipe).train
     batches = [
@@ -76,10 +75,15 @@ def plain_step_s(recipe) -> float:
     model = get_peft_model(
         model,
         LoraConfig(
-            r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0, target_modules=recipe.target_modules
+            r=recipe.adapter.rank,
+            lora_alpha=recipe.adapter.alpha,
+            lora_dropout=0.0,
+            target_modules=recipe.adapter.targets,
         ),
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=recipe.optimizer.learning_rate
+    )
     model.train()
     start = time.perf_counter()
     for batch in batches:
@@ -94,7 +98,7 @@ def main() -> None:
     from glmlab.lora import LoraRecipe
 
     warnings.simplefilter("ignore")
-    recipe = LoraRecipe(name="bench", base_model=str(bench_checkpoint()), **RECIPE)
+    recipe = LoraRecipe.from_dict({"name": "bench", "base_model": str(bench_checkpoint()), **RECIPE})
     rows = []
     for _ in range(2):  # alternate
         rows.append({"run": "plain PEFT + torch loop", "step_s": plain_step_s(recipe)})

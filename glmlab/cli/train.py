@@ -1,7 +1,8 @@
 """`glmlab train lora/<recipe>.yaml`: one LoRA run from the shell, a thin front over `glmlab.lora.train`.
 
-`--set field=value` overrides any recipe field (values are read as YAML: `--set rank=32`,
-`--set modules_to_save=[lm_head]`), checked against `LoraRecipe` like a field in the file.
+`--set section.field=value` overrides any recipe field by its dotted path (values are read as YAML:
+`--set adapter.rank=32`, `--set adapter.modules_to_save=[lm_head]`), checked against `LoraRecipe` like a
+field in the file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def train(
         False, "--resume", help="Continue from the newest checkpoint in the output folder."
     ),
     overrides: list[str] = typer.Option(
-        None, "--set", help="Override a recipe field: --set rank=32 (repeatable)."
+        None, "--set", help="Override a recipe field by dotted path: --set adapter.rank=32 (repeatable)."
     ),
 ) -> None:
     """Fine-tune a LoRA adapter as a recipe says; prints progress and a final summary."""
@@ -37,11 +38,11 @@ def train(
     with clear_errors(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)
         loaded = load_recipe(recipe)
-        changes = parse_overrides(overrides or [], "rank=32")
+        changes = parse_overrides(overrides or [], "adapter.rank=32")
         if model is not None:
             changes["base_model"] = model
         if max_steps is not None:
-            changes["max_steps"] = max_steps
+            changes["optimizer.max_steps"] = max_steps
         loaded = loaded.replace(**changes)
         folder = output or Path("runs") / loaded.name
         typer.echo(f"training {loaded.name} on {loaded.base_model} -> {folder}")
@@ -58,7 +59,7 @@ def summary(result) -> str:
     ]
     if len(losses):
         lines.append(f"loss: {losses.iloc[0]:.4f} -> {losses.iloc[-1]:.4f}")
-    metric = result.recipe.eval_metric
+    metric = result.recipe.evaluation.metric
     before, after = result.metrics.get(f"initial_eval_{metric}"), result.metrics.get(f"eval_{metric}")
     if after is not None:
         lines.append(f"held-out {metric}: {before if before is None else round(before, 4)} -> {after:.4f}")

@@ -1,7 +1,7 @@
 """From a suite's data source to the samples an evaluation asks about.
 
-Records come from `glmlab.data` (a generator, a data folder, or a hub dataset renamed into the record
-format), so evaluation reads exactly the records training reads. Each record becomes an `EvalSample`:
+Records come from `glmlab.data.load_source` (a generator, a data folder, or a hub dataset renamed into
+the record format), the loader training recipes use too, so evaluation reads records as training does. Each record becomes an `EvalSample`:
 its id, the templated question, the system prompt, earlier turns, the reference answers, the
 per-sample metric options and the metadata fields the suite keeps. Every sample is built (and every
 template placeholder, reference field and per-sample option checked) before any model call, and
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from glmlab.data import to_dialogue
+from glmlab.data import load_source, to_dialogue
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.suite import Suite
 from glmlab.prompts import conversation_messages
@@ -66,61 +66,12 @@ def load_samples(suite: Suite, limit: int | None = None) -> SampleSet:
     if limit is not None and limit < 1:
         raise ConfigError(f"limit={limit}: expected a positive number of samples, or None for all.")
     suite.check_data()
-    dataset = _load_dataset(suite, limit)
+    dataset = load_source(suite.data, limit=limit)
     columns = dataset.select_columns(["id", "messages", "metadata"])
     samples = [_sample(suite, index, row) for index, row in enumerate(columns)]
     _check_unique_ids(samples)
     _check_kept_fields(suite, samples)
     return SampleSet(suite, dataset, samples)
-
-
-# ---- records ------------------------------------------------------------------------------------
-
-
-def _load_dataset(suite: Suite, limit: int | None):
-    from glmlab.data import generate, load_records
-
-    data = suite.data
-    if data.generator is not None:
-        count = data.n if limit is None else min(data.n, limit)
-        records = generate(data.generator, count, data.seed, **data.options)
-        return load_records(records, on_error=data.on_error)
-    if data.folder is not None:
-        return load_records(
-            data.folder, split=data.split, on_error=data.on_error, limit=limit, columns=data.columns or None
-        )
-    return load_records(_hub_dataset(suite, limit), on_error=data.on_error)
-
-
-def _hub_dataset(suite: Suite, limit: int | None):
-    """The hub set renamed into record fields, cut to `limit`, with `answer` from `references` if absent."""
-    import datasets
-
-    data = suite.data
-    split = data.split or "train"
-    try:
-        dataset = datasets.load_dataset(data.hub, data.config, split=split, **data.hub_options)
-    except Exception as error:  # datasets raises many types (network, missing split, bad config)
-        raise InputError(
-            f"data.hub: loading {data.hub!r} (config {data.config!r}, split {split!r}) failed "
-            f"({type(error).__name__}: {error}). Check the name, config and split, or use a data folder."
-        ) from error
-    missing = [column for column in data.columns if column not in dataset.column_names]
-    if missing:
-        raise ConfigError(
-            f"data.columns: {missing} not in {data.hub!r}; its columns are {dataset.column_names}."
-        )
-    dataset = dataset.rename_columns(dict(data.columns))
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-    has_answer = "answer" in dataset.column_names or "messages" in dataset.column_names
-    if not has_answer and data.references in dataset.column_names:
-        # Records need one answer; a hub set with a list of accepted answers lends its first.
-        dataset = dataset.map(
-            lambda refs: {"answer": _as_list(refs)[0] if _as_list(refs) else ""},
-            input_columns=[data.references],
-        )
-    return dataset
 
 
 # ---- samples ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     from glmlab.lora import LoraRecipe, train
     recipe = LoraRecipe.from_yaml("lora/shapes.yaml")
-    result = train(recipe, "runs/shapes", base_model="tiny", max_steps=20)
+    result = train(recipe, "runs/shapes", base_model="tiny", **{"optimizer.max_steps": 20})
     result.history            # loss and held-out metric per step (pandas)
     result.plot()             # matplotlib Figure
     vlm = glmlab.load("tiny", adapter="runs/shapes")
@@ -15,7 +15,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from glmlab.lora.recipe import LANGUAGE_TARGETS, VISION_TARGETS, LoraRecipe, load_recipe, shipped_recipe
+from glmlab.lora.recipe import (
+    LANGUAGE_TARGETS,
+    MOVED,
+    VISION_TARGETS,
+    AdapterSettings,
+    CheckpointSettings,
+    EvaluationSettings,
+    HardwareSettings,
+    LoraRecipe,
+    OptimizerSettings,
+    PromptSettings,
+    load_recipe,
+    shipped_recipe,
+)
 
 _LAZY = {
     "train": "glmlab.lora.training",
@@ -29,7 +42,14 @@ _LAZY = {
 }
 __all__ = [
     "LANGUAGE_TARGETS",
+    "MOVED",
     "VISION_TARGETS",
+    "AdapterSettings",
+    "CheckpointSettings",
+    "EvaluationSettings",
+    "HardwareSettings",
+    "OptimizerSettings",
+    "PromptSettings",
     "LoraCollator",
     "LoraRecipe",
     "MemoryEstimate",

@@ -44,6 +44,7 @@ def read_run_info(output_dir: str | Path) -> dict[str, Any]:
 
 def model_card(info: dict[str, Any]) -> str:
     recipe = LoraRecipe.from_dict(info["recipe"])
+    adapter, prompt = recipe.adapter, recipe.prompt
     metrics = "\n".join(f"| {key} | {_number(value)} |" for key, value in sorted(info["metrics"].items()))
     data = info["data"]
     tags = ["glmlab", "lora", "peft", "glm4v", f"recipe-{recipe.name}"]
@@ -58,13 +59,13 @@ tags: [{", ".join(tags)}]
 {recipe.description or "A LoRA adapter trained with glmlab."}
 
 - Base model: `{info["base_model"]}` (revision `{info.get("base_revision") or "local"}`)
-- Adapter: rank {recipe.rank}, alpha {recipe.alpha}, dropout {recipe.dropout};
+- Adapter: rank {adapter.rank}, alpha {adapter.alpha}, dropout {adapter.dropout};
   {info["adapted_modules"]} modules
-  adapted (`{recipe.target_regex}`); {info["trainable_parameters"]:,} trainable parameters
-  {"; modules trained in full: " + ", ".join(recipe.modules_to_save) if recipe.modules_to_save else ""}
-- Prompt: thinking {"on" if recipe.thinking else "off (/nothink)"};
-  images up to {recipe.max_image_pixels:,} px;
-  system prompt: {recipe.system!r}; fixed instruction: {recipe.prompt!r}
+  adapted (`{adapter.target_regex}`); {info["trainable_parameters"]:,} trainable parameters
+  {"; modules trained in full: " + ", ".join(adapter.modules_to_save) if adapter.modules_to_save else ""}
+- Prompt: thinking {"on" if prompt.thinking else "off (/nothink)"};
+  images up to {prompt.max_image_pixels:,} px;
+  system prompt: {prompt.system!r}; fixed instruction: {prompt.instruction!r}
 - Data: {data["source"]}: {data["train_records"]} training, {data["eval_records"]} held-out records
   (fingerprint `{data["fingerprint"][:16]}`)
 - Training: {info["global_step"]} steps in {info["train_runtime_s"]:.0f} s, seed {recipe.seed}
@@ -74,11 +75,11 @@ tags: [{", ".join(tags)}]
 ```python
 import glmlab
 vlm = glmlab.load("{info["base_model"]}", adapter="path/to/this/folder")
-print(vlm.ask("image.png", "your question", thinking={recipe.thinking}).text)
+print(vlm.ask("image.png", "your question", thinking={prompt.thinking}).text)
 ```
 
 With plain peft: `PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), folder)`.
-Ask with the same prompt settings as training (thinking {"on" if recipe.thinking else "off"}, the same system
+Ask with the same prompt settings as training (thinking {"on" if prompt.thinking else "off"}, the same system
 prompt), since the adapter learned answers under exactly that template.
 
 ## Metrics

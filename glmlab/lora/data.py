@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from glmlab.data import DataSource, load_source
 from glmlab.errors import ConfigError
-from glmlab.lora.recipe import DEFAULT_GENERATED_SAMPLES, LoraRecipe
+from glmlab.lora.recipe import LoraRecipe
 
 logger = logging.getLogger(__name__)
 EVAL_SEED_OFFSET = 1_000_003  # generated eval records use another seed, so they are other images
@@ -40,58 +41,52 @@ class TrainingData:
 
 def load_training_data(recipe: LoraRecipe) -> TrainingData:
     """The recipe's training and evaluation records (`datasets.Dataset`s in the glmlab record format)."""
-    if recipe.generator:
-        train, held_out, source = _generated(recipe)
+    source = _source(recipe)
+    if source.generator:
+        train, held_out, description = _generated(source, recipe.evaluation.samples)
     else:
-        train, held_out, source = _loaded(recipe)
+        train, held_out, description = _split(source, recipe.evaluation.samples)
     logger.info(
         "data: %s -> %d training and %d held-out records",
-        source,
+        description,
         len(train),
         0 if held_out is None else len(held_out),
     )
-    return TrainingData(train, held_out, source, fingerprint(train, held_out))
+    return TrainingData(train, held_out, description, fingerprint(train, held_out))
 
 
-def _generated(recipe: LoraRecipe):
-    from glmlab.data import generate, load_records
+def _source(recipe: LoraRecipe) -> DataSource:
+    """The recipe's data source with its seed resolved (data.seed, else the recipe's seed)."""
+    return replace(recipe.data, seed=recipe.data_seed)
 
-    count = recipe.train_samples or DEFAULT_GENERATED_SAMPLES
-    train = load_records(generate(recipe.generator, count, seed=recipe.seed, **recipe.generator_options))
+
+def _generated(source: DataSource, eval_samples: int):
+    """Training records from the source's seed, held-out ones generated with another seed."""
+    train = load_source(source)
     held_out = None
-    if recipe.eval_samples:
-        records = generate(
-            recipe.generator,
-            recipe.eval_samples,
-            seed=recipe.seed + EVAL_SEED_OFFSET,
-            **recipe.generator_options,
-        )
-        held_out = load_records(records)
-    options = json.dumps(recipe.generator_options, sort_keys=True)
-    return train, held_out, f"generator {recipe.generator} {options} seed {recipe.seed}"
+    if eval_samples:
+        held_out = load_source(replace(source, n=eval_samples, seed=source.seed + EVAL_SEED_OFFSET))
+    options = json.dumps(source.options, sort_keys=True)
+    return train, held_out, f"generator {source.generator} {options} seed {source.seed}"
 
 
-def _loaded(recipe: LoraRecipe):
-    from glmlab.data import load_records
-
-    if recipe.data_path:
-        records, source = load_records(recipe.data_path), recipe.data_path
-    else:
-        records = load_records(recipe.hub_dataset, split=recipe.hub_split)
-        source = f"{recipe.hub_dataset} ({recipe.hub_split})"
-    if recipe.eval_samples >= len(records):
+def _split(source: DataSource, eval_samples: int):
+    """A folder or hub set shuffled with the source's seed: the last records held out, at most n trained on."""
+    records = load_source(replace(source, n=None))
+    name = source.folder or f"{source.hub} ({source.split or 'train'})"
+    if eval_samples >= len(records):
         raise ConfigError(
-            f"eval_samples={recipe.eval_samples}: {source} holds only {len(records)} records; "
+            f"evaluation.samples={eval_samples}: {name} holds only {len(records)} records; "
             "hold out fewer so some remain for training."
         )
-    shuffled = records.shuffle(seed=recipe.seed)
-    cut = len(shuffled) - recipe.eval_samples
-    kept = min(cut, recipe.train_samples or cut)
+    shuffled = records.shuffle(seed=source.seed)
+    cut = len(shuffled) - eval_samples
+    kept = min(cut, source.n or cut)
     if kept < cut:
-        logger.info("train_samples=%d: training on %d of %d records", kept, kept, cut)
+        logger.info("data.n=%d: training on %d of %d records", kept, kept, cut)
     train = shuffled.select(range(kept))
-    held_out = shuffled.select(range(cut, len(shuffled))) if recipe.eval_samples else None
-    return train, held_out, f"{source} shuffled with seed {recipe.seed}"
+    held_out = shuffled.select(range(cut, len(shuffled))) if eval_samples else None
+    return train, held_out, f"{name} shuffled with seed {source.seed}"
 
 
 def fingerprint(*datasets: Any) -> str:

@@ -34,8 +34,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from glmlab.lora.recipe import DEFAULT_GENERATED_SAMPLES, LoraRecipe
+from glmlab.data.source import DEFAULT_GENERATED_SAMPLES
+from glmlab.lora.recipe import LoraRecipe
 from glmlab.reference import glm46v_flash_config
+from glmlab.settings import MIN_IMAGE_PIXELS
 
 GIB = 1024**3
 BF16_BYTES = 2
@@ -43,7 +45,7 @@ NF4_BYTES = 0.52  # 4 bits + one fp8 scale per 64 weights + one fp32 scale per 2
 ADAPTER_BYTES_PER_PARAM = 16  # fp32 weight + fp32 grad + two fp32 AdamW moments
 OVERHEAD_GIB = 1.0  # CUDA context (~0.5 GiB) + caching-allocator fragmentation
 MFU = 0.40  # achievable share of peak bf16 throughput for a 9B decoder at these sequence lengths
-TOKEN_PIXELS = 28 * 28  # one image token covers 28x28 px after the 2x2 merge of 14 px patches
+TOKEN_PIXELS = MIN_IMAGE_PIXELS  # one image token covers 28x28 px after the 2x2 merge of 14 px patches
 DECODE_TOKENS_PER_S = 20  # transformers greedy decoding of GLM-4.1V-9B (same network) on an A100: 14-22
 
 
@@ -183,18 +185,21 @@ def sample_shape(recipe: LoraRecipe, samples: int = 8) -> SampleShape:
     """
     from glmlab.data import generate, to_messages
 
-    if not recipe.generator:
+    data, settings = recipe.data, recipe.prompt
+    if not data.generator:
         return SampleShape(
-            image_tokens=recipe.max_image_pixels // TOKEN_PIXELS, prompt_tokens=64, answer_tokens=64
+            image_tokens=settings.max_image_pixels // TOKEN_PIXELS, prompt_tokens=64, answer_tokens=64
         )
-    records = generate(recipe.generator, samples, seed=recipe.seed, **recipe.generator_options)
+    records = generate(data.generator, samples, seed=recipe.data_seed, **data.options)
     image, prompt, answer = [], [], []
     for record in records:
         width, height = record["image"].size
-        image.append(image_tokens(width, height, recipe.max_image_pixels))
+        image.append(image_tokens(width, height, settings.max_image_pixels))
         messages = to_messages(record)
         prompt.append(
-            12 + _text_tokens(recipe.prompt or messages[-2]["content"]) + _text_tokens(recipe.system or "")
+            12
+            + _text_tokens(settings.instruction or messages[-2]["content"])
+            + _text_tokens(settings.system or "")
         )
         answer.append(_text_tokens(messages[-1]["content"]) + 1)
     mean = lambda values: math.ceil(sum(values) / len(values))  # noqa: E731
@@ -208,23 +213,24 @@ def estimate_memory(
     module docstring)."""
     shapes = model_shapes(config)
     sample = sample or sample_shape(recipe)
-    tokens = recipe.batch_size * sample.tokens
+    batch_size, hardware = recipe.optimizer.batch_size, recipe.hardware
+    tokens = batch_size * sample.tokens
     trainable = lora_parameter_count(recipe, shapes) + _saved_module_params(recipe, shapes)
-    if recipe.quantize_4bit:
+    if hardware.quantize_4bit:
         weights = (
             shapes.text_linear_params * NF4_BYTES + (shapes.total_params - shapes.text_linear_params) * 2
         )
     else:
-        weights = shapes.total_params * (4 if recipe.precision == "fp32" else BF16_BYTES)
+        weights = shapes.total_params * (4 if hardware.precision == "fp32" else BF16_BYTES)
     per_layer = (8 * shapes.hidden + 2 * shapes.kv_dim + 4 * shapes.intermediate) * BF16_BYTES
-    if recipe.dropout > 0:
+    if recipe.adapter.dropout > 0:
         per_layer += (5 * shapes.hidden + shapes.intermediate) * 3
-    if recipe.gradient_checkpointing:
+    if hardware.gradient_checkpointing:
         activations = tokens * (shapes.layers * shapes.hidden * BF16_BYTES + per_layer)
     else:
         activations = tokens * shapes.layers * per_layer
-    logits = recipe.batch_size * sample.answer_tokens * shapes.vocab * (2 + 4 + 4)
-    patches = recipe.batch_size * 4 * sample.image_tokens
+    logits = batch_size * sample.answer_tokens * shapes.vocab * (2 + 4 + 4)
+    patches = batch_size * 4 * sample.image_tokens
     vision = patches * (4 * shapes.vision_hidden + 3 * shapes.vision_intermediate) * BF16_BYTES
     return MemoryEstimate(
         weights_gib=weights / GIB,
@@ -249,9 +255,11 @@ def estimate_time(
     profile = GPUS[gpu] if isinstance(gpu, str) else gpu
     shapes = model_shapes(config)
     sample = sample or sample_shape(recipe)
-    samples_per_step = recipe.batch_size * recipe.gradient_accumulation_steps
+    samples_per_step = recipe.optimizer.batch_size * recipe.optimizer.gradient_accumulation_steps
     tokens = samples_per_step * sample.tokens
-    passes = 6 if recipe.gradient_checkpointing else 4  # forward, backward to inputs, (recomputed forward)
+    passes = (
+        6 if recipe.hardware.gradient_checkpointing else 4
+    )  # forward, backward to inputs, (recomputed forward)
     attention = 4 * sample.tokens * shapes.hidden * shapes.layers  # QK^T and AV, per token, forward
     flops = tokens * passes / 2 * (2 * shapes.text_linear_params + attention)
     flops += samples_per_step * 4 * sample.image_tokens * 2 * shapes.vision_linear_params  # vision forward
@@ -267,28 +275,31 @@ def estimate_time(
 
 
 def total_steps(recipe: LoraRecipe) -> int:
-    """Optimiser steps; a folder/hub source without train_samples counts as DEFAULT_GENERATED_SAMPLES
+    """Optimiser steps; a folder/hub source without data.n counts as DEFAULT_GENERATED_SAMPLES
     records (its size is unknown before loading)."""
-    if recipe.max_steps:
-        return recipe.max_steps
+    optimizer = recipe.optimizer
+    if optimizer.max_steps:
+        return optimizer.max_steps
     per_epoch = math.ceil(
-        (recipe.train_samples or DEFAULT_GENERATED_SAMPLES)
-        / (recipe.batch_size * recipe.gradient_accumulation_steps)
+        (recipe.data.n or DEFAULT_GENERATED_SAMPLES)
+        / (optimizer.batch_size * optimizer.gradient_accumulation_steps)
     )
-    return math.ceil(per_epoch * recipe.epochs)
+    return math.ceil(per_epoch * optimizer.epochs)
 
 
 def lora_parameter_count(recipe: LoraRecipe, shapes: ModelShapes) -> int:
     """r x (in + out) for every linear layer the recipe's regex adapts (peft's full-match rule)."""
-    pattern = re.compile(recipe.target_regex)
-    return sum(recipe.rank * (i + o) for name, i, o in shapes.linear_shapes if pattern.fullmatch(name))
+    pattern = re.compile(recipe.adapter.target_regex)
+    return sum(
+        recipe.adapter.rank * (i + o) for name, i, o in shapes.linear_shapes if pattern.fullmatch(name)
+    )
 
 
 def _saved_module_params(recipe: LoraRecipe, shapes: ModelShapes) -> int:
     return sum(
         i * o
         for name, i, o in shapes.linear_shapes
-        if any(name == saved or name.endswith("." + saved) for saved in recipe.modules_to_save)
+        if any(name == saved or name.endswith("." + saved) for saved in recipe.adapter.modules_to_save)
     )
 
 
@@ -329,7 +340,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 README_RECIPES = ("shapes", "invoices-zh", "invoices-en", "medical-phantoms")
 # How each recipe is run on the real model: shapes drops its tiny-model-only lm_head (see shapes.yaml).
-REAL_MODEL_OVERRIDES = {"shapes": {"modules_to_save": []}}
+REAL_MODEL_OVERRIDES = {"shapes": {"adapter.modules_to_save": []}}
 
 
 def estimate_rows(config: Any = None, names: tuple[str, ...] = README_RECIPES) -> list[dict[str, Any]]:
@@ -344,7 +355,7 @@ def estimate_rows(config: Any = None, names: tuple[str, ...] = README_RECIPES) -
         recipe = shipped_recipe(name).replace(**REAL_MODEL_OVERRIDES.get(name, {}))
         sample = sample_shape(recipe)
         bf16 = estimate_memory(recipe, config, sample=sample)
-        nf4 = estimate_memory(recipe.replace(quantize_4bit=True), config, sample=sample)
+        nf4 = estimate_memory(recipe.replace(**{"hardware.quantize_4bit": True}), config, sample=sample)
         small = GPUS["24GB"]
         small_setting, small_memory = (
             ("bf16", bf16) if bf16.total_gib <= 0.9 * small.memory_gib else ("4-bit", nf4)
@@ -352,8 +363,8 @@ def estimate_rows(config: Any = None, names: tuple[str, ...] = README_RECIPES) -
         rows.append(
             {
                 "recipe": name,
-                "train_records": recipe.train_samples,
-                "eval_records": recipe.eval_samples,
+                "train_records": recipe.data.n,
+                "eval_records": recipe.evaluation.samples,
                 "image_tokens": sample.image_tokens,
                 "text_tokens": sample.prompt_tokens + sample.answer_tokens,
                 "trainable_params": bf16.trainable_params,
@@ -375,20 +386,28 @@ def anchor_estimate(config: Any = None) -> MemoryEstimate:
     """The formula on the published anchor: GLM-4.1V-9B (the same network), LoRA with frozen vision, batch 1,
     measured at 21 GB on an A100. Assumed (the anchor's settings are not published): rank 8 on the
     default targets, gradient checkpointing, 1,000 image tokens with 100 prompt and 100 answer tokens."""
-    recipe = LoraRecipe(generator="shapes", rank=8, alpha=16, batch_size=1, gradient_checkpointing=True)
+    recipe = LoraRecipe.from_dict(
+        {
+            "data": {"generator": "shapes"},
+            "adapter": {"rank": 8, "alpha": 16},
+            "optimizer": {"batch_size": 1},
+            "hardware": {"gradient_checkpointing": True},
+        }
+    )
     return estimate_memory(
         recipe, config, sample=SampleShape(image_tokens=1000, prompt_tokens=100, answer_tokens=100)
     )
 
 
 def evaluation_hours(recipe: LoraRecipe, sample: SampleShape) -> float:
-    """Greedy decoding of the held-out answers: before training, every eval_every_steps, and at the end."""
-    if not recipe.eval_samples:
+    """Greedy decoding of the held-out answers: before training, every evaluation.every_steps, and at the end."""
+    evaluation = recipe.evaluation
+    if not evaluation.samples:
         return 0.0
     steps = total_steps(recipe)
-    passes = 1 + (steps // recipe.eval_every_steps if recipe.eval_every_steps else 0)
-    passes += bool(not recipe.eval_every_steps or steps % recipe.eval_every_steps)
-    return passes * recipe.eval_samples * sample.answer_tokens / DECODE_TOKENS_PER_S / 3600
+    passes = 1 + (steps // evaluation.every_steps if evaluation.every_steps else 0)
+    passes += bool(not evaluation.every_steps or steps % evaluation.every_steps)
+    return passes * evaluation.samples * sample.answer_tokens / DECODE_TOKENS_PER_S / 3600
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

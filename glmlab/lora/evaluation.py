@@ -5,7 +5,7 @@ one-by-one calls), on the model being trained (peft injects the LoRA layers into
 so the number in the training log is what a user will see from `glmlab.load(base, adapter=...)`.
 Decoding is plain greedy (temperature 0, no repetition penalty) so the score measures what was
 learned, not a sampling setting. Kept cheap: a small held-out split and short answers
-(`eval_samples`, `eval_max_new_tokens`).
+(`evaluation.samples`, `evaluation.max_new_tokens`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class AnswerEvaluator:
         self.collator = collator
         self.records = records
         self.recipe = recipe
-        self.metric = get_metric(recipe.eval_metric)
-        self.extract = get_extractor(recipe.eval_extractor)
+        self.metric = get_metric(recipe.evaluation.metric)
+        self.extract = get_extractor(recipe.evaluation.extractor)
         self.last_answers: pd.DataFrame | None = None
 
     def run(self, prefix: str = "eval") -> dict[str, float]:
@@ -55,10 +55,10 @@ class AnswerEvaluator:
             rows = self._score_all()
         finally:
             network.train(was_training)
-        summary = aggregate_metric(self.recipe.eval_metric, [row.pop("_result") for row in rows])
+        summary = aggregate_metric(self.recipe.evaluation.metric, [row.pop("_result") for row in rows])
         self.last_answers = pd.DataFrame(rows)
         head = headline_statistic(list(summary))  # the number `glmlab eval` headlines for this metric
-        name = f"{prefix}_{self.recipe.eval_metric}"
+        name = f"{prefix}_{self.recipe.evaluation.metric}"
         metrics = {name: float(summary[head])}
         metrics.update({f"{name}_{key}": float(value) for key, value in summary.items() if key != head})
         metrics[f"{prefix}_runtime_s"] = round(time.perf_counter() - start, 3)
@@ -69,9 +69,9 @@ class AnswerEvaluator:
         answers = self.vlm.batch(
             [{"messages": messages} for messages, _ in prompts],
             batch_size=EVAL_BATCH_SIZE,
-            thinking=self.recipe.thinking,
-            max_image_pixels=self.recipe.max_image_pixels,
-            max_new_tokens=self.recipe.eval_max_new_tokens,
+            thinking=self.recipe.prompt.thinking,
+            max_image_pixels=self.recipe.prompt.max_image_pixels,
+            max_new_tokens=self.recipe.evaluation.max_new_tokens,
             **GREEDY,
         )
         rows = []

@@ -30,6 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
+from glmlab.config import field_values
 from glmlab.errors import ConfigError
 from glmlab.files import atomic_write, fsync_dir
 from glmlab.lora.card import write_run_files
@@ -51,11 +52,11 @@ RUN_FINGERPRINT_FILE = "run_fingerprint.json"
 RESUMABLE_CHANGES = (
     "name",
     "description",
-    "eval_every_steps",
-    "save_every_steps",
-    "save_total_limit",
+    "evaluation.every_steps",
+    "checkpoints.every_steps",
+    "checkpoints.total_limit",
     "logging_steps",
-    "gradient_checkpointing",
+    "hardware.gradient_checkpointing",
 )
 
 
@@ -87,7 +88,7 @@ class TrainResult:
             axis.plot(losses["step"], losses["loss"], color="tab:blue", label="training loss")
         axis.set_xlabel("optimiser step")
         axis.set_ylabel("loss", color="tab:blue")
-        metric = f"eval_{self.recipe.eval_metric}"
+        metric = f"eval_{self.recipe.evaluation.metric}"
         if metric in self.history:
             scores = self.history.dropna(subset=[metric])
             twin = axis.twinx()
@@ -111,8 +112,8 @@ def train(
     """Train a LoRA adapter as `recipe` says and write it to `output_dir`.
 
     recipe: a LoraRecipe, a recipe YAML path, or a shipped recipe's name ("shapes").
-    overrides: recipe fields to change for this run (e.g. base_model="tiny", max_steps=20); the given
-    recipe object is never modified.
+    overrides: recipe fields to change for this run, by dotted path (e.g. base_model="tiny",
+    **{"optimizer.max_steps": 20}); the given recipe object is never modified.
     resume: continue from the newest checkpoint in output_dir/checkpoints (after a crash or kill);
         refused when the checkpoints come from another recipe or other data (the message names them;
         only the fields in RESUMABLE_CHANGES may differ).
@@ -135,11 +136,11 @@ def train(
     collator = LoraCollator(
         vlm.processor,
         eos_token_id=answer_end_token_id(vlm.tokenizer, vlm.eos_token_ids),
-        system=recipe.system,
-        prompt=recipe.prompt,
-        thinking=recipe.thinking,
-        max_image_pixels=recipe.max_image_pixels,
-        padding_side=recipe.padding_side,
+        system=recipe.prompt.system,
+        prompt=recipe.prompt.instruction,
+        thinking=recipe.prompt.thinking,
+        max_image_pixels=recipe.prompt.max_image_pixels,
+        padding_side=recipe.optimizer.padding_side,
     )
     evaluator = AnswerEvaluator(vlm, collator, data.eval, recipe) if data.eval is not None else None
     trainer = LoraTrainer(
@@ -243,22 +244,22 @@ class LoraTrainer(Trainer):
 def resolve_device_and_precision(recipe: LoraRecipe) -> tuple[str, str]:
     """The device this process trains on and the precision; automatic choices are logged with why."""
     if not torch.cuda.is_available():
-        if recipe.quantize_4bit:
+        if recipe.hardware.quantize_4bit:
             raise ConfigError(
-                "quantize_4bit=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this "
-                "machine has none; set quantize_4bit: false to train in full precision on the CPU."
+                "hardware.quantize_4bit=True: QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this "
+                "machine has none; set hardware.quantize_4bit: false to train in full precision on the CPU."
             )
-        if recipe.precision == "fp16":
+        if recipe.hardware.precision == "fp16":
             raise ConfigError(
-                "precision='fp16': fp16 mixed precision needs a CUDA GPU; use 'auto' or 'fp32'."
+                "hardware.precision='fp16': fp16 mixed precision needs a CUDA GPU; use 'auto' or 'fp32'."
             )
-        precision = "fp32" if recipe.precision == "auto" else recipe.precision
-        if recipe.precision == "auto":
+        precision = "fp32" if recipe.hardware.precision == "auto" else recipe.hardware.precision
+        if recipe.hardware.precision == "auto":
             logger.info("precision='auto' -> fp32 (CPU: bfloat16 matmul is slow there)")
         return "cpu", precision
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    if recipe.precision != "auto":
-        return device, recipe.precision
+    if recipe.hardware.precision != "auto":
+        return device, recipe.hardware.precision
     precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     logger.info(
         "precision='auto' -> %s (%s)",
@@ -279,10 +280,10 @@ def _load_base(recipe: LoraRecipe, device: str, precision: str):
             dtype=dtype,
             device=device,
             revision=recipe.revision,
-            quantize="4bit" if recipe.quantize_4bit else None,
-            max_image_pixels=recipe.max_image_pixels,
+            quantize="4bit" if recipe.hardware.quantize_4bit else None,
+            max_image_pixels=recipe.prompt.max_image_pixels,
         )
-    if recipe.quantize_4bit:
+    if recipe.hardware.quantize_4bit:
         from peft import prepare_model_for_kbit_training
 
         vlm.model = prepare_model_for_kbit_training(vlm.model, use_gradient_checkpointing=False)
@@ -294,17 +295,19 @@ def _with_adapter(vlm: VLM, recipe: LoraRecipe):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
-        r=recipe.rank,
-        lora_alpha=recipe.alpha,
-        lora_dropout=recipe.dropout,
-        target_modules=recipe.target_regex,
-        modules_to_save=recipe.modules_to_save or None,
+        r=recipe.adapter.rank,
+        lora_alpha=recipe.adapter.alpha,
+        lora_dropout=recipe.adapter.dropout,
+        target_modules=recipe.adapter.target_regex,
+        modules_to_save=recipe.adapter.modules_to_save or None,
         bias="none",
     )
     try:
         model = get_peft_model(vlm.model, config)
     except ValueError as error:  # peft's NoMatchingPeftModuleError among others
-        raise ConfigError(f"target_modules={recipe.target_regex!r} on {recipe.base_model}: {error}") from None
+        raise ConfigError(
+            f"adapter.targets={recipe.adapter.target_regex!r} on {recipe.base_model}: {error}"
+        ) from None
     adapted = adapted_module_names(model)
     logger.info(
         "target_modules -> %d modules (%d under language_model.layers, %d vision)",
@@ -324,49 +327,54 @@ def adapted_module_names(model: Any) -> list[str]:
 
 def _optimizer(model: Any, recipe: LoraRecipe) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; with LoRA+ the B matrices get a larger learning rate."""
-    if recipe.loraplus_lr_ratio:
+    if recipe.optimizer.loraplus_lr_ratio:
         from peft.optimizers import create_loraplus_optimizer
 
         return create_loraplus_optimizer(
             model,
             torch.optim.AdamW,
-            lr=recipe.learning_rate,
-            loraplus_lr_ratio=recipe.loraplus_lr_ratio,
-            loraplus_weight_decay=recipe.weight_decay,
+            lr=recipe.optimizer.learning_rate,
+            loraplus_lr_ratio=recipe.optimizer.loraplus_lr_ratio,
+            loraplus_weight_decay=recipe.optimizer.weight_decay,
         )
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    return torch.optim.AdamW(trainable, lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(
+        trainable, lr=recipe.optimizer.learning_rate, weight_decay=recipe.optimizer.weight_decay
+    )
 
 
 def training_arguments(
     recipe: LoraRecipe, output_dir: Path, device: str, precision: str
 ) -> TrainingArguments:
     """The Trainer's arguments for a recipe (checkpoints go to output_dir/checkpoints)."""
-    evaluate = recipe.eval_samples > 0 and recipe.eval_every_steps > 0
+    optimizer, evaluation = recipe.optimizer, recipe.evaluation
+    evaluate = evaluation.samples > 0 and evaluation.every_steps > 0
     return TrainingArguments(
         output_dir=str(output_dir / CHECKPOINT_DIR),
-        per_device_train_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler,
-        warmup_steps=recipe.warmup_ratio,
-        weight_decay=recipe.weight_decay,
-        max_grad_norm=recipe.max_grad_norm,
-        num_train_epochs=recipe.epochs,
-        max_steps=recipe.max_steps or -1,
+        per_device_train_batch_size=optimizer.batch_size,
+        gradient_accumulation_steps=optimizer.gradient_accumulation_steps,
+        learning_rate=optimizer.learning_rate,
+        lr_scheduler_type=optimizer.lr_scheduler,
+        warmup_steps=optimizer.warmup_ratio,
+        weight_decay=optimizer.weight_decay,
+        max_grad_norm=optimizer.max_grad_norm,
+        num_train_epochs=optimizer.epochs,
+        max_steps=optimizer.max_steps or -1,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
-        activation_checkpointing=recipe.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        activation_checkpointing=recipe.hardware.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}
+        if recipe.hardware.gradient_checkpointing
+        else None,
         eval_strategy="steps" if evaluate else "no",
-        eval_steps=recipe.eval_every_steps if evaluate else None,
+        eval_steps=evaluation.every_steps if evaluate else None,
         save_strategy="steps",
-        save_steps=recipe.save_every_steps,
-        save_total_limit=recipe.save_total_limit,
+        save_steps=recipe.checkpoints.every_steps,
+        save_total_limit=recipe.checkpoints.total_limit,
         logging_steps=recipe.logging_steps,
         seed=recipe.seed,
-        data_seed=recipe.seed,
+        data_seed=recipe.data_seed,
         report_to="none",
         remove_unused_columns=False,
         label_names=["labels"],
@@ -391,7 +399,7 @@ def _checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
 
 def run_fingerprint(recipe: LoraRecipe, data: Any = None) -> dict[str, Any]:
     """What makes two runs the same run: the recipe fields that change the adapter, and the data."""
-    fields = {key: value for key, value in recipe.to_dict().items() if key not in RESUMABLE_CHANGES}
+    fields = {key: value for key, value in field_values(recipe).items() if key not in RESUMABLE_CHANGES}
     fingerprint = {"recipe": json.loads(json.dumps(fields, default=str))}  # tuples -> lists, as stored
     if data is not None:
         fingerprint["data"] = data.describe()

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glmlab.adapters import check_adapter_name
+from glmlab.config import raise_if_problems
 from glmlab.errors import ConfigError
 from glmlab.images import DEFAULT_MAX_INPUT_PIXELS, MB
 from glmlab.loading import DEFAULT_MODEL, DTYPES, QUANTIZE
+from glmlab.settings import MIN_IMAGE_PIXELS
 from glmlab.urls import is_loopback_host
 
 DTYPE_NAMES = ("auto", *DTYPES)  # glmlab.loading's choices, checked when the server starts
@@ -139,24 +141,32 @@ class ServerSettings:
             ("port", 0 <= self.port <= 65535, "between 0 and 65535"),
             ("max_concurrency", self.max_concurrency >= 1, "at least 1"),
             ("max_request_bytes", self.max_request_bytes >= 1024, "at least 1024"),
-            ("max_input_pixels", self.max_input_pixels >= 28 * 28, "at least 784"),
+            ("max_input_pixels", self.max_input_pixels >= MIN_IMAGE_PIXELS, f"at least {MIN_IMAGE_PIXELS}"),
             ("max_images", self.max_images >= 1, "at least 1"),
-            ("max_request_pixels", self.max_request_pixels >= 28 * 28, "at least 784"),
+            (
+                "max_request_pixels",
+                self.max_request_pixels >= MIN_IMAGE_PIXELS,
+                f"at least {MIN_IMAGE_PIXELS}",
+            ),
             ("max_decode_mb", self.max_decode_mb >= 1, "at least 1"),
             ("timeout_s", self.timeout_s > 0, "greater than 0"),
             ("send_timeout_s", self.send_timeout_s > 0, "greater than 0"),
             ("max_model_len", self.max_model_len is None or self.max_model_len >= 1, "at least 1 (or unset)"),
             (
                 "max_image_pixels",
-                self.max_image_pixels is None or self.max_image_pixels >= 28 * 28,
-                "at least 784 (or unset)",
+                self.max_image_pixels is None or self.max_image_pixels >= MIN_IMAGE_PIXELS,
+                f"at least {MIN_IMAGE_PIXELS} (or unset)",
             ),
             ("dtype", self.dtype in DTYPE_NAMES, " | ".join(DTYPE_NAMES)),
             ("quantize", self.quantize in (None, *QUANTIZE_NAMES), "unset, " + " or ".join(QUANTIZE_NAMES)),
         ]
-        for name, valid, expected in checks:
-            if not valid:
-                raise ConfigError(f"ServerSettings.{name}={getattr(self, name)!r}: must be {expected}.")
+        raise_if_problems(  # every bad setting at once, each named
+            [
+                f"ServerSettings.{name}={getattr(self, name)!r}: must be {expected}"
+                for name, valid, expected in checks
+                if not valid
+            ]
+        )
         for name in self.adapters:
             check_adapter_name(name)
         for pattern in self.allowed_hosts:

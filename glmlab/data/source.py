@@ -1,0 +1,179 @@
+"""`DataSource`: where records come from, for a training recipe and an eval suite alike, and
+`load_source`, the one function that loads it.
+
+A source is exactly one of a synthetic generator (`glmlab.data.GENERATORS`), a data folder or `.jsonl`
+file, or a hub dataset (renamed into the record format by `columns`). Whatever it is, `load_source`
+returns a `datasets.Dataset` in glmlab's record format, so training and evaluation read the same
+records the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glmlab.config import Check, checked_field, integer, mapping, one_of, text
+from glmlab.data.generators import GENERATORS, generate, generator_options
+from glmlab.data.loaders import ON_ERROR, load_records
+from glmlab.errors import ConfigError, InputError
+
+DEFAULT_GENERATED_SAMPLES = 1000  # a generator source without n
+
+
+@dataclass
+class DataSource:
+    """Where the records come from: exactly one of `generator`, `folder`, `hub`."""
+
+    generator: str | None = checked_field(
+        None, help="A synthetic generator's name (glmlab.data.GENERATORS).", check=one_of(GENERATORS)
+    )
+    folder: str | None = checked_field(
+        None, help="A data folder or .jsonl file of records (glmlab.data.load_records).", check=text()
+    )
+    hub: str | None = checked_field(None, help="A hub dataset name (datasets.load_dataset).", check=text())
+    n: int | None = checked_field(
+        None,
+        help=f"How many records: a generator makes n (None: {DEFAULT_GENERATED_SAMPLES}); a folder or hub "
+        "set is cut to n (None: all).",
+        check=integer(1),
+    )
+    seed: int | None = checked_field(
+        None,
+        help="Seed of a generator (and of a recipe's shuffling); None: the recipe's seed, 0 in a suite.",
+        check=integer(0),
+    )
+    options: dict[str, Any] = checked_field(
+        help="The generator's own options (glmlab.data.generator_options).",
+        check=mapping,
+        default_factory=dict,
+    )
+    split: str | None = checked_field(
+        None, help="Hub split (None: train), or read <split>.jsonl in a folder.", check=text()
+    )
+    config: str | None = checked_field(None, help="Hub configuration name.", check=text())
+    columns: dict[str, str] = checked_field(
+        help="Renames source columns to record fields ({question_id: id}).",
+        check=Check(
+            lambda v: isinstance(v, Mapping) and all(isinstance(name, str) for name in v.values()),
+            "a mapping of source column: record field name",
+        ),
+        default_factory=dict,
+    )
+    references: str | None = checked_field(
+        None, help="Metadata field with every accepted answer (default: the answer).", check=text()
+    )
+    hub_options: dict[str, Any] = checked_field(
+        help="More datasets.load_dataset keyword arguments (revision, cache_dir, ...).",
+        check=mapping,
+        default_factory=dict,
+    )
+    on_error: str = checked_field(
+        "raise",
+        help="Bad rows: 'raise' stops, 'skip' leaves them out (and reports them).",
+        check=one_of(ON_ERROR),
+    )
+
+    def extra_problems(self) -> list[tuple[str, str]]:
+        sources = [key for key in ("generator", "folder", "hub") if getattr(self, key) is not None]
+        if len(sources) != 1:
+            return [("", f"give exactly one of generator, folder, hub (got {sources or 'none'})")]
+        if self.generator not in GENERATORS or not isinstance(self.options, Mapping):
+            return []
+        known = generator_options(self.generator)
+        return [
+            (
+                f"options.{key}",
+                f"generator {self.generator!r} takes no option {key!r}; it takes {', '.join(known)}",
+            )
+            for key in self.options
+            if key not in known
+        ]
+
+    @property
+    def kind(self) -> str:
+        return "generator" if self.generator else "folder" if self.folder else "hub"
+
+    @property
+    def label(self) -> str:
+        """What a log line or report calls this source."""
+        return f"{self.kind} {self.generator or self.folder or self.hub}"
+
+    def disk_problems(self) -> list[tuple[str, str]]:
+        """What only the disk can tell: the data folder holds records."""
+        if self.folder is None or _has_records(Path(self.folder), self.split):
+            return []
+        return [
+            (
+                "folder",
+                f"{self.folder!r} holds no records (expected a folder with {self.split or 'data'}.jsonl, "
+                f"or a .jsonl file; relative paths are taken from the current directory {Path.cwd()})",
+            )
+        ]
+
+
+def load_source(source: DataSource, *, limit: int | None = None):
+    """The source's records as a `datasets.Dataset` in the record format: at most `n` and `limit`.
+
+    A generator makes `n` records (default 1000) with `seed` (default 0); a folder is read with `split`
+    and `columns`; a hub set is loaded with `config`, `split` and `hub_options`, then renamed. Bad
+    rows follow `on_error`."""
+    count = min((value for value in (source.n, limit) if value is not None), default=None)
+    if source.generator is not None:
+        seed = source.seed if source.seed is not None else 0
+        records = generate(source.generator, count or DEFAULT_GENERATED_SAMPLES, seed, **source.options)
+        return load_records(records, on_error=source.on_error)
+    if source.folder is not None:
+        return load_records(
+            source.folder,
+            split=source.split,
+            on_error=source.on_error,
+            limit=count,
+            columns=source.columns or None,
+        )
+    return load_records(_hub_dataset(source, count), on_error=source.on_error)
+
+
+def _hub_dataset(source: DataSource, limit: int | None):
+    """The hub set renamed into record fields, cut to `limit`, with `answer` from `references` if absent."""
+    import datasets
+
+    split = source.split or "train"
+    try:
+        dataset = datasets.load_dataset(source.hub, source.config, split=split, **source.hub_options)
+    except Exception as error:  # datasets raises many types (network, missing split, bad config)
+        raise InputError(
+            f"data.hub: loading {source.hub!r} (config {source.config!r}, split {split!r}) failed "
+            f"({type(error).__name__}: {error}). Check the name, config and split, or use a data folder."
+        ) from error
+    missing = [column for column in source.columns if column not in dataset.column_names]
+    if missing:
+        raise ConfigError(
+            f"data.columns: {missing} not in {source.hub!r}; its columns are {dataset.column_names}."
+        )
+    dataset = dataset.rename_columns(dict(source.columns))
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    has_answer = "answer" in dataset.column_names or "messages" in dataset.column_names
+    if not has_answer and source.references in dataset.column_names:
+        # Records need one answer; a hub set with a list of accepted answers lends its first.
+        dataset = dataset.map(
+            lambda refs: {"answer": _as_list(refs)[0] if _as_list(refs) else ""},
+            input_columns=[source.references],
+        )
+    return dataset
+
+
+def _has_records(path: Path, split: str | None) -> bool:
+    if path.is_file():
+        return path.suffix == ".jsonl"
+    return (path / f"{split or 'data'}.jsonl").is_file()
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | dict):
+        return [value]
+    return list(value)
