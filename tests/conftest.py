@@ -1,13 +1,16 @@
-"""Shared fixtures: one tiny Glm4v checkpoint per test session, built offline in seconds."""
+"""Shared fixtures: one tiny Glm4v checkpoint per test session, built offline in seconds, the models and
+adapters built from it, and a glmlab server. Plain helpers are in support.py."""
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
+from support import API_KEY, make_adapter, scene
 
 # Before transformers/huggingface_hub are imported: no test may wait on the (absent) network.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -38,13 +41,73 @@ def vlm(tiny_path: Path):
         return glmlab.load("tiny")
 
 
-def scene(width: int = 112, height: int = 112, colour: str = "red") -> Image.Image:
-    """A small test picture: one filled circle on white."""
-    image = Image.new("RGB", (width, height), "white")
-    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=colour)
-    return image
-
-
 @pytest.fixture
 def red_image() -> Image.Image:
     return scene()
+
+
+@functools.cache
+def _adapter_set(root: str, base: str) -> dict[str, Path]:
+    """Built once per test session, whichever module asks first."""
+    folder = Path(root) / "adapters"
+    return {
+        "alpha": make_adapter(Path(base), folder / "alpha", seed=1),
+        "beta": make_adapter(Path(base), folder / "beta", seed=2, rank=8),
+        "gamma": make_adapter(Path(base), folder / "gamma", seed=3),
+        "seeing": make_adapter(Path(base), folder / "seeing", seed=4, vision=True),
+    }
+
+
+@pytest.fixture(scope="session", name="adapters")
+def adapters_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_path: Path) -> dict[str, Path]:
+    """alpha (rank 4) and beta (rank 8) are served at start; gamma is loaded at run time; seeing also
+    adapts a vision block (for the vLLM export checks)."""
+    return _adapter_set(str(tmp_path_factory.getbasetemp()), str(tiny_path))
+
+
+@pytest.fixture(scope="module", name="served_vlm")
+def served_vlm_fixture(tiny_path: Path):
+    """A tiny model of the module's own (the session `vlm` must not collect adapters)."""
+    import glmlab
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loaded = glmlab.load("tiny")
+    return loaded
+
+
+@pytest.fixture(scope="module", name="server")
+def server_fixture(served_vlm, adapters):
+    """glmlab's server on a free loopback port, with an API key and adapters alpha and beta."""
+    from glmlab.serve import ServerSettings, start
+
+    settings = ServerSettings(
+        model="tiny",
+        adapters={"alpha": str(adapters["alpha"]), "beta": str(adapters["beta"])},
+        api_key=API_KEY,
+        max_concurrency=8,
+        max_request_bytes=2 * 1024 * 1024,
+        max_input_pixels=4096 * 4096,
+        timeout_s=60,
+        port=0,
+    )
+    running = start(served_vlm, settings)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def scripted(tiny_path):
+    """A second copy of the tiny checkpoint whose greedy answer is set with `support.script(model, text)`."""
+    import torch
+
+    import glmlab
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = glmlab.load(str(tiny_path))
+    with torch.no_grad():
+        for parameter in model.model.model.language_model.layers.parameters():
+            parameter.zero_()  # every layer adds 0 to the residual stream: hidden = embedding
+        model.model.model.language_model.norm.weight.fill_(1.0)
+    return model

@@ -19,7 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file, save_file
-from test_serve_support import API_KEY, adapters_fixture, make_adapter  # noqa: F401 (fixture)
+from support import API_KEY, make_adapter
 
 import glmlab
 from glmlab.errors import AdapterError

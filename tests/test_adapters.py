@@ -1,8 +1,7 @@
 """Named LoRA adapters on a loaded VLM: load several, switch per call, unload back to the base."""
 
 import pytest
-from conftest import scene
-from test_serve_support import adapters_fixture  # noqa: F401 (the shared alpha/beta adapters)
+from support import scene
 
 import glmlab
 from glmlab.errors import AdapterError

@@ -1,7 +1,7 @@
 """Batched generation and image-prefix cache reuse must not change a single greedy token."""
 
 import pytest
-from conftest import scene
+from support import scene
 
 from glmlab.prefix_cache import PrefixCache
 

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import scene
+from support import scene
 
 REPO = Path(__file__).parent.parent
 NOTEBOOK = REPO / "notebooks" / "02_vqa_widget.ipynb"

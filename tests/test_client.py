@@ -8,14 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import scene
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
-from test_serve_support import (  # noqa: F401 (fixtures)
-    API_KEY,
-    adapters_fixture,
-    served_vlm_fixture,
-    server_fixture,
-)
+from support import API_KEY, scene
 
 from glmlab.answer import Answer
 from glmlab.client import Client, ServerError, _raw_piece, normalise_base_url

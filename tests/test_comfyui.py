@@ -14,12 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_serve_support import (  # noqa: F401 (fixtures)
-    API_KEY,
-    adapters_fixture,
-    served_vlm_fixture,
-    server_fixture,
-)
+from support import API_KEY
 
 import glmlab.integrations.comfyui as package
 from glmlab.client import ServerError

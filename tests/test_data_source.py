@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from conftest import scene
+from support import scene
 
 from glmlab.data import DataSource, load_source, save_records
 from glmlab.errors import ConfigError

@@ -10,61 +10,16 @@ weights are hand-set.
 
 from __future__ import annotations
 
-import itertools
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import scene
-from test_eval_suite import EVAL_DIR, docvqa_rows, write_docvqa_copy
+from support import EVAL_DIR, QUIET, docvqa_rows, scene, script, shapes_suite, write_docvqa_copy
 
-import glmlab
 from glmlab.data import generate, save_records
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval import EvalRun, Suite, evaluate
-
-QUIET = {"progress": False}
-
-
-@pytest.fixture(scope="module")
-def scripted(tiny_path):
-    """A second copy of the tiny checkpoint whose greedy answer is set with `script(model, text)`."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        model = glmlab.load(str(tiny_path))
-    with torch.no_grad():
-        for parameter in model.model.model.language_model.layers.parameters():
-            parameter.zero_()  # every layer adds 0 to the residual stream: hidden = embedding
-        model.model.model.language_model.norm.weight.fill_(1.0)
-    return model
-
-
-def script(model, text: str, *, thinking: bool | None = False) -> None:
-    """Make greedy decoding answer `text` then stop: a chain of distinct tokens, each naming the next.
-
-    The chain starts at the prompt's last token: "\\n" after the pre-filled `<think></think>` when
-    thinking is off, `<|assistant|>` when it is on.
-    """
-    tokenizer = model.tokenizer
-    start = tokenizer.encode("\n", add_special_tokens=False) if thinking is False else ["<|assistant|>"]
-    start_id = start[0] if thinking is False else tokenizer.convert_tokens_to_ids(start[0])
-    chain = [
-        start_id,
-        *tokenizer.encode(text, add_special_tokens=False),
-        tokenizer.convert_tokens_to_ids("<|user|>"),
-    ]
-    assert len(set(chain)) == len(chain), f"{text!r}: a bigram script needs distinct tokens"
-    network = model.model
-    with torch.no_grad():
-        network.lm_head.weight.zero_()
-        embeddings = network.model.language_model.embed_tokens.weight
-        for dimension, (current, following) in enumerate(itertools.pairwise(chain)):
-            embeddings[current].zero_()
-            embeddings[current, dimension] = 1.0  # one direction per chain token
-            network.lm_head.weight[following, dimension] = 10.0
 
 
 def summary_values(run: EvalRun) -> dict[str, dict]:
@@ -72,10 +27,6 @@ def summary_values(run: EvalRun) -> dict[str, dict]:
     for row in run.summary.itertuples():
         values.setdefault(row.metric, {})[row.statistic] = row.value
     return values
-
-
-def shapes_suite(**overrides) -> Suite:
-    return Suite.from_yaml(EVAL_DIR / "shapes.yaml", overrides=overrides)
 
 
 # ---- metrics and extraction through the harness ---------------------------------------------------

@@ -11,8 +11,7 @@ import sys
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from test_eval_harness import EVAL_DIR, QUIET, script, scripted, shapes_suite  # noqa: F401  (fixture)
-from test_serve_support import adapters_fixture  # noqa: F401  (fixture)
+from support import EVAL_DIR, QUIET, script, shapes_suite
 from typer.testing import CliRunner
 
 from glmlab.data import generate

@@ -6,19 +6,14 @@ show by passing `model=None` to `evaluate` (a model call would be an AttributeEr
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import datasets
 import pytest
-from conftest import scene
+from support import EVAL_DIR, docvqa_rows, scene, write_docvqa_copy
 
 from glmlab.data import generate, save_records
 from glmlab.errors import ConfigError
 from glmlab.eval import evaluate
 from glmlab.eval.samples import load_samples
 from glmlab.eval.suite import Suite, suite_problems
-
-EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 
 
 def minimal(**changes) -> dict:
@@ -206,39 +201,6 @@ def test_eval_asks_a_multi_turn_record_with_the_messages_training_builds_for_it(
 
 def _without_images(content):
     return content if isinstance(content, str) else [p for p in content if p["type"] != "image"]
-
-
-def write_docvqa_copy(folder: Path, rows: list[dict]) -> Path:
-    """A local parquet copy with lmms-lab/DocVQA's columns (the hub layout the docvqa suite maps)."""
-    features = datasets.Features(
-        {
-            "questionId": datasets.Value("string"),
-            "question": datasets.Value("string"),
-            "question_types": datasets.List(datasets.Value("string")),
-            "image": datasets.Image(),
-            "docId": datasets.Value("int64"),
-            "answers": datasets.List(datasets.Value("string")),
-        }
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(rows, features=features).to_parquet(
-        str(folder / "validation-00000-of-00001.parquet")
-    )
-    return folder
-
-
-def docvqa_rows(answers: list[list[str]]) -> list[dict]:
-    return [
-        {
-            "questionId": f"q{k}",
-            "question": f"What is written in box {k}?",
-            "question_types": ["form"],
-            "image": scene(),
-            "docId": 100 + k,
-            "answers": accepted,
-        }
-        for k, accepted in enumerate(answers)
-    ]
 
 
 def test_docvqa_layout_maps_hub_columns_and_takes_every_answer_as_reference(tmp_path):

@@ -7,9 +7,8 @@ import shutil
 import warnings
 
 import pytest
-from conftest import scene
 from safetensors import safe_open
-from test_serve_support import adapters_fixture, make_adapter, served_vlm_fixture  # noqa: F401 (fixtures)
+from support import make_adapter, scene
 
 import glmlab
 from glmlab.errors import ConfigError

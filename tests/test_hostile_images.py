@@ -26,7 +26,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
-from test_serve_support import served_vlm_fixture  # noqa: F401 (fixture)
 
 from glmlab.errors import BusyError, InputError
 from glmlab.images import MB, DecodeMemory, ImageBudget, load_image, to_pil

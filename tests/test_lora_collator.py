@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import scene
+from support import scene
 
 from glmlab import prompts
 from glmlab.data import load_records

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import scene
+from support import scene
 
 import glmlab
 from glmlab.data import load_records

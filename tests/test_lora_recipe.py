@@ -165,7 +165,7 @@ def test_quantize_4bit_on_cpu_is_a_clear_error(tmp_path):
 
 
 def test_a_data_folder_is_shuffled_and_split_into_disjoint_train_and_held_out_records(tmp_path):
-    from conftest import scene
+    from support import scene
 
     from glmlab.data import save_records
     from glmlab.lora.data import load_training_data

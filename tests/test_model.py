@@ -1,7 +1,7 @@
 import threading
 
 import pytest
-from conftest import scene
+from support import scene
 
 from glmlab.answer import Answer
 from glmlab.errors import AdapterError, InputError

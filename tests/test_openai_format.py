@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import scene
+from support import scene
 
 from glmlab.errors import InputError
 from glmlab.images import image_to_data_url

@@ -7,17 +7,9 @@ import shutil
 import threading
 
 import pytest
-from conftest import scene
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_serve_support import (  # noqa: F401 (fixtures)
-    API_KEY,
-    GREEDY,
-    adapters_fixture,
-    data_url,
-    image_message,
-    served_vlm_fixture,
-)
+from support import API_KEY, GREEDY, image_message, scene
 
 from glmlab.answer import Answer
 from glmlab.errors import ModelLoadError

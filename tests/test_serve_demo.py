@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from test_serve_support import adapters_fixture, served_vlm_fixture  # noqa: F401 (fixtures)
-
 from glmlab import demo
 
 

@@ -14,7 +14,6 @@ import hypothesis
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from test_serve_support import served_vlm_fixture  # noqa: F401 (fixture)
 
 from glmlab.errors import InputError
 from glmlab.generation import StopStrings, TokenClock, interruptible

@@ -15,14 +15,8 @@ import time
 
 import httpcore
 import pytest
-from conftest import scene
 from fastapi.testclient import TestClient
-from test_serve_support import (  # noqa: F401 (fixtures)
-    API_KEY,
-    adapters_fixture,
-    data_url,
-    served_vlm_fixture,
-)
+from support import API_KEY, data_url, scene
 from typer.testing import CliRunner
 
 from glmlab.cli import app as cli

@@ -11,16 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from conftest import scene
 from PIL import Image
-from test_serve_support import (  # noqa: F401 (fixtures)
-    API_KEY,
-    GREEDY,
-    adapters_fixture,
-    image_message,
-    served_vlm_fixture,
-    server_fixture,
-)
+from support import API_KEY, GREEDY, image_message, scene
 
 from glmlab.serve import ServerSettings, start
 

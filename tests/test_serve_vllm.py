@@ -7,7 +7,6 @@ import shlex
 from dataclasses import fields
 
 import pytest
-from test_serve_support import adapters_fixture  # noqa: F401 (fixtures)
 from typer.testing import CliRunner
 
 from glmlab.cli import app

@@ -1,7 +1,7 @@
 """glmlab must not change the model's output: plain transformers code gives the same greedy tokens."""
 
 import torch
-from conftest import scene
+from support import scene
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 

@@ -10,8 +10,8 @@ import warnings
 
 import pandas as pd
 import pytest
-from conftest import scene
 from PIL import Image
+from support import scene
 
 from glmlab.widgets import HISTORY_COLUMNS, PRESETS, VQAWidget, random_adapter
 from glmlab.widgets.backend import describe_error

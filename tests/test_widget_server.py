@@ -7,7 +7,7 @@ import socket
 import warnings
 
 import pytest
-from conftest import scene
+from support import scene
 
 import glmlab
 from glmlab.serve import start

@@ -1,0 +1,148 @@
+"""Helpers shared by the test modules (plain functions and constants; the fixtures are in conftest.py).
+
+- `scene`: a small test picture.
+- Adapters: `make_adapter` writes a random LoRA adapter (`glmlab.adapters.random_adapter`) for the tiny
+  checkpoint, target modules anchored to the language model (optionally one vision module too), so
+  that base, adapter A and adapter B answer differently under greedy decoding.
+- Servers: `API_KEY`, `data_url`, `image_message`, `GREEDY` (OpenAI field names).
+- Eval: `EVAL_DIR`, `shapes_suite`, `QUIET`, `script` (sets the scripted tiny model's greedy answer; the
+  `scripted` fixture is that model), and a local copy of DocVQA's hub layout (`write_docvqa_copy`,
+  `docvqa_rows`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from glmlab.images import image_to_data_url
+
+# torch, datasets and glmlab.eval are imported inside the helpers that need them: conftest imports this
+# module before it sets HF_HUB_OFFLINE, which huggingface_hub reads when it is first imported.
+
+API_KEY = "test-key-0123456789"
+TEXT_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate_up|down)_proj)"
+VISION_TARGETS = r".*visual\.blocks\.\d+\.attn\.qkv"
+GREEDY = {"temperature": 0, "max_tokens": 6}
+
+
+def make_adapter(
+    base: Path,
+    out: Path,
+    *,
+    seed: int,
+    rank: int = 4,
+    vision: bool = False,
+    target_modules: str | None = None,
+    modules_to_save: list[str] | None = None,
+) -> Path:
+    """A random LoRA adapter (`glmlab.adapters.random_adapter`) for the tiny checkpoint at `base`."""
+    from glmlab.adapters import random_adapter
+
+    targets = target_modules or (f"({TEXT_TARGETS}|{VISION_TARGETS})" if vision else TEXT_TARGETS)
+    return random_adapter(
+        base,
+        out,
+        rank=rank,
+        alpha=2 * rank,
+        seed=seed,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+    )
+
+
+def data_url(image) -> str:
+    return image_to_data_url(image)
+
+
+def image_message(image, question: str) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(image)}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
+
+
+def scene(width: int = 112, height: int = 112, colour: str = "red") -> Image.Image:
+    """A small test picture: one filled circle on white."""
+    image = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(image).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=colour)
+    return image
+
+
+EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
+QUIET = {"progress": False}
+
+
+def script(model, text: str, *, thinking: bool | None = False) -> None:
+    """Make greedy decoding answer `text` then stop: a chain of distinct tokens, each naming the next.
+
+    The chain starts at the prompt's last token: "\\n" after the pre-filled `<think></think>` when
+    thinking is off, `<|assistant|>` when it is on.
+    """
+    tokenizer = model.tokenizer
+    start = tokenizer.encode("\n", add_special_tokens=False) if thinking is False else ["<|assistant|>"]
+    start_id = start[0] if thinking is False else tokenizer.convert_tokens_to_ids(start[0])
+    chain = [
+        start_id,
+        *tokenizer.encode(text, add_special_tokens=False),
+        tokenizer.convert_tokens_to_ids("<|user|>"),
+    ]
+    assert len(set(chain)) == len(chain), f"{text!r}: a bigram script needs distinct tokens"
+    network = model.model
+    import torch
+
+    with torch.no_grad():
+        network.lm_head.weight.zero_()
+        embeddings = network.model.language_model.embed_tokens.weight
+        for dimension, (current, following) in enumerate(itertools.pairwise(chain)):
+            embeddings[current].zero_()
+            embeddings[current, dimension] = 1.0  # one direction per chain token
+            network.lm_head.weight[following, dimension] = 10.0
+
+
+def shapes_suite(**overrides):
+    from glmlab.eval import Suite
+
+    return Suite.from_yaml(EVAL_DIR / "shapes.yaml", overrides=overrides)
+
+
+def write_docvqa_copy(folder: Path, rows: list[dict]) -> Path:
+    """A local parquet copy with lmms-lab/DocVQA's columns (the hub layout the docvqa suite maps)."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "questionId": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "question_types": datasets.List(datasets.Value("string")),
+            "image": datasets.Image(),
+            "docId": datasets.Value("int64"),
+            "answers": datasets.List(datasets.Value("string")),
+        }
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(rows, features=features).to_parquet(
+        str(folder / "validation-00000-of-00001.parquet")
+    )
+    return folder
+
+
+def docvqa_rows(answers: list[list[str]]) -> list[dict]:
+    return [
+        {
+            "questionId": f"q{k}",
+            "question": f"What is written in box {k}?",
+            "question_types": ["form"],
+            "image": scene(),
+            "docId": 100 + k,
+            "answers": accepted,
+        }
+        for k, accepted in enumerate(answers)
+    ]
