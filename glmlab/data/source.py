@@ -159,7 +159,7 @@ def _hub_dataset(source: DataSource, limit: int | None):
     if not has_answer and source.references in dataset.column_names:
         # Records need one answer; a hub set with a list of accepted answers lends its first.
         dataset = dataset.map(
-            lambda refs: {"answer": _as_list(refs)[0] if _as_list(refs) else ""},
+            lambda refs: {"answer": as_list(refs)[0] if as_list(refs) else ""},
             input_columns=[source.references],
         )
     return dataset
@@ -171,7 +171,8 @@ def _has_records(path: Path, split: str | None) -> bool:
     return (path / f"{split or 'data'}.jsonl").is_file()
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """A field that holds one value or several (references, accepted answers) as a list."""
     if value is None:
         return []
     if isinstance(value, str | dict):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glmlab.data import load_source, to_dialogue
+from glmlab.data.source import as_list
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.suite import Suite
 from glmlab.prompts import conversation_messages
@@ -113,7 +114,7 @@ def _references(suite: Suite, sample_id: str, answer: str, metadata: dict[str, A
             f"data.references: sample {sample_id!r} has no field {field_name!r}; "
             f"its fields are {sorted(metadata)}."
         )
-    references = _as_list(metadata[field_name])
+    references = as_list(metadata[field_name])
     if not references:
         raise InputError(f"sample {sample_id!r}: field {field_name!r} holds no reference answer.")
     return references
@@ -151,11 +152,3 @@ def _check_kept_fields(suite: Suite, samples: list[EvalSample]) -> None:
     absent = [name for name in _kept_names(suite) if all(sample.kept[name] is None for sample in samples)]
     if absent:
         raise ConfigError(f"keep_fields: {absent} found in no sample's metadata; check the names.")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, str | dict):
-        return [value]
-    return list(value)
