@@ -14,11 +14,11 @@ import ipaddress
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from glmlab.adapters import check_adapter_name
-from glmlab.config import raise_if_problems
+from glmlab.config import Check, checked_field, is_int, is_number, problems, raise_if_problems
 from glmlab.errors import ConfigError
 from glmlab.images import DEFAULT_MAX_INPUT_PIXELS, MB
 from glmlab.loading import DEFAULT_MODEL, DTYPES, QUANTIZE
@@ -35,10 +35,19 @@ HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
-def _option(default, help: str, **extra):
-    """A dataclass field with the CLI help text (and optional flag name) in its metadata."""
+def _option(default, help: str, check: Check | None = None, **extra):
+    """A dataclass field with the CLI help text, its check (glmlab.config) and an optional flag name."""
     factory = {"default_factory": default} if callable(default) else {"default": default}
-    return field(metadata={"help": help, **extra}, **factory)
+    return checked_field(help=help, check=check, **factory, **extra)
+
+
+def _at_least(low: float, *, integer: bool = True) -> Check:
+    kind = is_int if integer else is_number
+    return Check(lambda value: kind(value) and value >= low, f"at least {low}")
+
+
+def _positive() -> Check:
+    return Check(lambda value: is_number(value) and value > 0, "greater than 0")
 
 
 @dataclass
@@ -61,7 +70,11 @@ class ServerSettings:
         "127.0.0.1",
         "Address to listen on (loopback by default; any other needs --api-key, or --no-auth).",
     )
-    port: int = _option(8080, "Port to listen on (0: any free port).")
+    port: int = _option(
+        8080,
+        "Port to listen on (0: any free port).",
+        Check(lambda value: is_int(value) and 0 <= value <= 65535, "between 0 and 65535"),
+    )
     api_key: str | None = _option(
         None, f"Require 'Authorization: Bearer KEY' on all routes but /health (env {API_KEY_ENV})."
     )
@@ -90,46 +103,67 @@ class ServerSettings:
     max_image_pixels: int | None = _option(
         None,
         "Largest image area the model sees after resizing (the latency lever; default: the checkpoint's).",
+        Check(_at_least(MIN_IMAGE_PIXELS), f"at least {MIN_IMAGE_PIXELS} (or unset)"),
     )
     max_input_pixels: int = _option(
         DEFAULT_MAX_INPUT_PIXELS,
         "Refuse images larger than this many pixels before decoding them (decompression-bomb guard).",
+        _at_least(MIN_IMAGE_PIXELS),
     )
     max_images: int = _option(
-        32, "Most images one request may hold (each PDF page and DICOM frame counts one); more: 400."
+        32,
+        "Most images one request may hold (each PDF page and DICOM frame counts one); more: 400.",
+        _at_least(1),
     )
     max_request_pixels: int = _option(
         24 * 1024 * 1024,
         "Most decoded pixels all images of one request may hold together, checked from their headers "
         "before decoding (400).",
+        _at_least(MIN_IMAGE_PIXELS),
     )
     max_decode_mb: int = _option(
         384,
         "Memory (MiB) the decoded images of all requests together may hold, admitted from their headers "
         "before decoding and held until each request ends; a request that needs more alone gets 400, one "
         "that finds it in use waits up to 5 s, then gets 503.",
+        _at_least(1),
     )
-    max_request_bytes: int = _option(20 * 1024 * 1024, "Refuse request bodies larger than this (413).")
-    max_concurrency: int = _option(8, "Requests queued plus running; beyond it requests get 429.")
+    max_request_bytes: int = _option(
+        20 * 1024 * 1024, "Refuse request bodies larger than this (413).", _at_least(1024)
+    )
+    max_concurrency: int = _option(
+        8, "Requests queued plus running; beyond it requests get 429.", _at_least(1)
+    )
     timeout_s: float = _option(
         300.0,
         "Seconds a request may wait and generate (prefill included) before 504.",
+        _positive(),
         flag="--timeout",
     )
     send_timeout_s: float = _option(
         30.0,
         "Seconds a streamed response waits for a client that reads nothing before dropping its stream "
         "(the model is freed as soon as it has generated, whatever the client reads).",
+        _positive(),
         flag="--send-timeout",
     )
     max_model_len: int | None = _option(
         None,
         "Most tokens of prompt plus max_tokens one request may use (default: the model's context); "
         "more is a 400 that says both numbers.",
+        Check(_at_least(1), "at least 1 (or unset)"),
     )
-    dtype: str = _option("auto", " | ".join(DTYPE_NAMES) + ".")
+    dtype: str = _option(
+        "auto",
+        " | ".join(DTYPE_NAMES) + ".",
+        Check(lambda value: value in DTYPE_NAMES, " | ".join(DTYPE_NAMES)),
+    )
     device: str = _option("auto", "auto | cpu | cuda | cuda:N.")
-    quantize: str | None = _option(None, "None | 8bit | 4bit (bitsandbytes, CUDA only).")
+    quantize: str | None = _option(
+        None,
+        "None | 8bit | 4bit (bitsandbytes, CUDA only).",
+        Check(lambda value: value in QUANTIZE_NAMES, "unset, " + " or ".join(QUANTIZE_NAMES)),
+    )
 
     def __post_init__(self) -> None:
         if self.api_key is None and API_KEY_ENV in os.environ:
@@ -137,36 +171,8 @@ class ServerSettings:
         self.adapters = dict(self.adapters)
         self.adapter_roots = [str(root) for root in self.adapter_roots]
         self.allowed_hosts = [str(host).lower() for host in self.allowed_hosts]
-        checks = [
-            ("port", 0 <= self.port <= 65535, "between 0 and 65535"),
-            ("max_concurrency", self.max_concurrency >= 1, "at least 1"),
-            ("max_request_bytes", self.max_request_bytes >= 1024, "at least 1024"),
-            ("max_input_pixels", self.max_input_pixels >= MIN_IMAGE_PIXELS, f"at least {MIN_IMAGE_PIXELS}"),
-            ("max_images", self.max_images >= 1, "at least 1"),
-            (
-                "max_request_pixels",
-                self.max_request_pixels >= MIN_IMAGE_PIXELS,
-                f"at least {MIN_IMAGE_PIXELS}",
-            ),
-            ("max_decode_mb", self.max_decode_mb >= 1, "at least 1"),
-            ("timeout_s", self.timeout_s > 0, "greater than 0"),
-            ("send_timeout_s", self.send_timeout_s > 0, "greater than 0"),
-            ("max_model_len", self.max_model_len is None or self.max_model_len >= 1, "at least 1 (or unset)"),
-            (
-                "max_image_pixels",
-                self.max_image_pixels is None or self.max_image_pixels >= MIN_IMAGE_PIXELS,
-                f"at least {MIN_IMAGE_PIXELS} (or unset)",
-            ),
-            ("dtype", self.dtype in DTYPE_NAMES, " | ".join(DTYPE_NAMES)),
-            ("quantize", self.quantize in (None, *QUANTIZE_NAMES), "unset, " + " or ".join(QUANTIZE_NAMES)),
-        ]
-        raise_if_problems(  # every bad setting at once, each named
-            [
-                f"ServerSettings.{name}={getattr(self, name)!r}: must be {expected}"
-                for name, valid, expected in checks
-                if not valid
-            ]
-        )
+        # every bad setting at once, each named; the checks are the fields' own (glmlab.config)
+        raise_if_problems(problems(self, prefix="ServerSettings."))
         for name in self.adapters:
             check_adapter_name(name)
         for pattern in self.allowed_hosts:
