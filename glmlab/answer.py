@@ -2,8 +2,11 @@
 
 GLM-V models write `<think>reasoning</think>answer` (GLM-4.5V/4.6V) or additionally wrap the answer in
 `<answer>...</answer>` (GLM-4.1V-Thinking), and mark grounding boxes with
-`<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` on a 0-1000 scale. Parsing is pure text work, shared by
-the local model, the client and the server, so all three agree on what "the answer" is.
+`<|begin_of_box|>[x1,y1,x2,y2]<|end_of_box|>` on a 0-1000 scale. The same tags also wrap plain final
+answers (`<|begin_of_box|>2024-03-17<|end_of_box|>`): only a tag holding bracketed groups of exactly
+four numbers in 0-1000 is a box (`Answer.boxes`), any other tagged content is a boxed value
+(`Answer.boxed`). Parsing is pure text work, shared by the local model, the client and the server,
+so all three agree on what "the answer" is.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
 _BOX_RE = re.compile(re.escape(BOX_OPEN) + r"(.*?)" + re.escape(BOX_CLOSE), re.DOTALL)
-_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_NUMBER = r"\s*(\d+(?:\.\d+)?)\s*"
+_GROUP = rf"\[{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}\]"
+_GROUP_RE = re.compile(_GROUP)
+_GROUPS_RE = re.compile(rf"\s*{_GROUP}(?:\s*,\s*{_GROUP})*\s*")  # "[..]" or "[..], [..]"
+_BOX_MAX = 1000  # GLM-V's box coordinates are thousandths of the image side
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Answer:
     thinking: str | None = None
     raw: str = ""
     boxes: list[list[float]] = field(default_factory=list)
+    boxed: list[str] = field(default_factory=list)  # boxed contents that are not boxes: final values
     usage: Usage = field(default_factory=Usage)
     timing: Timing = field(default_factory=Timing)
     finish_reason: str = "stop"  # "stop" | "length" | "error" (batch items that failed)
@@ -71,7 +79,14 @@ class Answer:
     def from_raw(cls, raw: str, **fields: Any) -> Answer:
         """Build an Answer by parsing everything the model generated."""
         thinking, text = split_thinking(raw)
-        return cls(text=strip_box_tags(text), thinking=thinking, raw=raw, boxes=parse_boxes(text), **fields)
+        return cls(
+            text=strip_box_tags(text),
+            thinking=thinking,
+            raw=raw,
+            boxes=parse_boxes(text),
+            boxed=parse_boxed_values(text),
+            **fields,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,13 +124,32 @@ def split_thinking(raw: str) -> tuple[str | None, str]:
 def parse_boxes(text: str) -> list[list[float]]:
     """Every grounding box in `text`, each [x1, y1, x2, y2] on the model's 0-1000 scale.
 
-    A box tag may hold one box `[x1,y1,x2,y2]` or several `[[..],[..]]`; malformed ones are skipped.
+    A box tag holds one box `[x1,y1,x2,y2]` or several (`[[..],[..]]` or `[..],[..]`), spaces allowed,
+    each exactly four numbers in 0-1000. A tag holding anything else (a date, three or five numbers,
+    a value above 1000, a negative one, text) holds no box: it is a boxed value (`parse_boxed_values`).
     """
     boxes = []
     for inner in _BOX_RE.findall(text):
-        numbers = [float(n) for n in _NUMBER_RE.findall(inner)]
-        boxes.extend(numbers[i : i + 4] for i in range(0, len(numbers) - len(numbers) % 4, 4))
-    return [[int(v) if v.is_integer() else v for v in box] for box in boxes]
+        boxes.extend(_boxes_of(inner) or [])
+    return boxes
+
+
+def parse_boxed_values(text: str) -> list[str]:
+    """The stripped contents of the box tags in `text` that are not boxes, in order (empty tags skipped)."""
+    return [inner.strip() for inner in _BOX_RE.findall(text) if inner.strip() and _boxes_of(inner) is None]
+
+
+def _boxes_of(inner: str) -> list[list[float]] | None:
+    """The boxes one tag holds, or None when its content is not boxes only."""
+    content = inner.strip()
+    if content.startswith("[[") and content.endswith("]]"):
+        content = content[1:-1]
+    if not _GROUPS_RE.fullmatch(content):
+        return None
+    boxes = [[float(number) for number in group] for group in _GROUP_RE.findall(content)]
+    if any(value > _BOX_MAX for box in boxes for value in box):
+        return None
+    return [[int(value) if value.is_integer() else value for value in box] for box in boxes]
 
 
 def strip_box_tags(text: str) -> str:

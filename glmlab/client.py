@@ -4,7 +4,7 @@
     answer = client.ask("invoice.png", "What is the total?", thinking=False)
 
 `ask`, `chat`, `stream` and `chat_stream` take the arguments of the VLM methods of the same names and
-return the same `Answer` (text, thinking, boxes, usage, timing), so the eval harness, the widget and
+return the same `Answer` (text, thinking, boxes, boxed values, usage, timing), so the eval harness, the widget and
 the ComfyUI node work unchanged against a local model, `glmlab serve` or `vllm serve`. Every call is
 streamed so the time to first token is measured here, at the client. Built on the official `openai`
 package (its retries with backoff on connection errors, 429 and 5xx); it does not import torch.

@@ -1,4 +1,6 @@
-from glmlab.answer import Answer, Timing, box_to_pixels, parse_boxes, split_thinking
+import pytest
+
+from glmlab.answer import Answer, Timing, box_to_pixels, parse_boxed_values, parse_boxes, split_thinking
 
 
 def test_split_thinking_with_both_tags():
@@ -34,13 +36,59 @@ def test_parse_boxes_single_and_several():
     assert parse_boxes(text) == [[10, 20, 300, 400], [1, 2, 3, 4], [5, 6, 7, 8.5]]
 
 
-def test_parse_boxes_skips_malformed():
-    assert parse_boxes("<|begin_of_box|>[1,2,3]<|end_of_box|>") == []
+def box(content: str) -> str:
+    return f"<|begin_of_box|>{content}<|end_of_box|>"
+
+
+@pytest.mark.parametrize(
+    ("content", "boxes"),
+    [
+        ("[10,20,300,400]", [[10, 20, 300, 400]]),
+        ("[[1,2,3,4],[5,6,7,8.5]]", [[1, 2, 3, 4], [5, 6, 7, 8.5]]),
+        ("[[0, 0, 1000, 1000]]", [[0, 0, 1000, 1000]]),
+        (" [ 1 , 2,3,  4 ], [5,6,7,8] ", [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        ("[12.5,20.25,300,400.75]", [[12.5, 20.25, 300, 400.75]]),
+    ],
+)
+def test_four_numbers_in_0_1000_are_boxes(content, boxes):
+    assert (parse_boxes(box(content)), parse_boxed_values(box(content))) == (boxes, [])
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "2024-03-17",  # once read as [[-2024, -17, 2024, -3]]
+        "[1,2,3]",
+        "[1,2,3,4,5]",
+        "[1,2,3,1001]",
+        "[-1,2,3,4]",
+        "[[1,2,3,4],[5,6,7]]",
+        "[[1,2,3,4]",
+        "1,2,3,4",
+        "cat [1,2,3,4]",
+        "42",
+    ],
+)
+def test_other_boxed_content_is_a_value_not_a_box(content):
+    assert (parse_boxes(box(content)), parse_boxed_values(box(content))) == ([], [content])
+
+
+def test_several_tags_split_into_boxes_and_values():
+    text = f"On {box(' 2024-03-17 ')}: dog {box('[1,2,3,4]')}, cat {box('[[5,6,7,8],[9,10,11,12]]')}, {box('')} total {box('B')}"
+    assert parse_boxes(text) == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+    assert parse_boxed_values(text) == ["2024-03-17", "B"]
+
+
+def test_answer_keeps_a_boxed_date_as_its_boxed_value():
+    answer = Answer.from_raw("<think>t</think>The date is <|begin_of_box|>2024-03-17<|end_of_box|>.")
+    assert (answer.text, answer.boxes, answer.boxed) == ("The date is 2024-03-17.", [], ["2024-03-17"])
+    assert answer.to_dict()["boxed"] == ["2024-03-17"]
 
 
 def test_answer_from_raw_strips_box_tags_from_text():
     answer = Answer.from_raw("<think>t</think>The dog is at <|begin_of_box|>[1,2,3,4]<|end_of_box|>.")
     assert (answer.text, answer.thinking, answer.boxes) == ("The dog is at [1,2,3,4].", "t", [[1, 2, 3, 4]])
+    assert answer.boxed == []
 
 
 def test_box_to_pixels_scales_from_thousandths():

@@ -35,6 +35,11 @@ def test_final_text_removes_box_tags():
     assert final_text("<think>x</think><|begin_of_box|>B<|end_of_box|>") == "B"
 
 
+def test_final_text_keeps_a_boxed_date_and_a_box_as_text():
+    raw = "<|begin_of_box|>2024-03-17<|end_of_box|> at <|begin_of_box|>[1,2,3,4]<|end_of_box|>"
+    assert final_text(raw) == "2024-03-17 at [1,2,3,4]"
+
+
 def test_extract_text_is_identity_without_thinking():
     assert extract_text("  Hello  world ") == "Hello  world"
 

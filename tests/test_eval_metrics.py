@@ -24,8 +24,10 @@ from glmlab.eval.metrics import (
     paired_bootstrap_pvalue,
     register_metric,
     relaxed_accuracy,
+    relaxed_accuracy_lenient,
     sample_score,
     vqa_accuracy,
+    vqa_accuracy_lenient,
 )
 from glmlab.eval.vqa_normalize import normalize_vqa_answer
 
@@ -96,12 +98,12 @@ def test_anls_ignores_case_and_extra_whitespace():
     assert anls("  Hello   World ", ["hello world"]) == 1.0
 
 
-def test_anls_distance_at_threshold_scores_zero():
-    assert anls("ab", ["ac"]) == 0.0
+def test_anls_distance_at_threshold_still_scores():
+    assert anls("ab", ["ac"]) == 0.5
 
 
 def test_anls_threshold_option_changes_cutoff():
-    assert anls("ab", ["ac"], threshold=0.6) == 0.5
+    assert anls("ab", ["ac"], threshold=0.4) == 0.0
 
 
 def test_anls_takes_best_reference():
@@ -175,16 +177,20 @@ def test_vqa_accuracy_normalises_prediction_before_matching():
     assert vqa_accuracy("Two.", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9, abs=1e-12)
 
 
-def test_vqa_accuracy_single_reference_is_exact_match():
-    assert vqa_accuracy("Yes", ["yes"]) == 1.0
+def test_vqa_accuracy_lenient_single_reference_is_exact_match():
+    assert vqa_accuracy_lenient("Yes", ["yes"]) == 1.0
 
 
-def test_vqa_accuracy_two_agreeing_references_score_one():
-    assert vqa_accuracy("yes", ["yes", "yes"]) == 1.0
+def test_vqa_accuracy_lenient_two_agreeing_references_score_one():
+    assert vqa_accuracy_lenient("yes", ["yes", "yes"]) == 1.0
 
 
-def test_vqa_accuracy_three_references_lower_needed_agreement_to_two():
-    assert vqa_accuracy("yes", ["yes", "no", "no"]) == pytest.approx(1 / 3, abs=1e-12)
+def test_vqa_accuracy_lenient_three_references_lower_needed_agreement_to_two():
+    assert vqa_accuracy_lenient("yes", ["yes", "no", "no"]) == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_vqa_accuracy_lenient_normalises_unanimous_references():
+    assert vqa_accuracy_lenient("two", ["Two"] * 10) == 1.0
 
 
 def test_vqa_accuracy_failed_extraction_is_zero():
@@ -206,8 +212,8 @@ def test_relaxed_accuracy_beyond_five_percent_is_wrong():
     assert relaxed_accuracy("106", ["100"]) == 0.0
 
 
-def test_relaxed_accuracy_strips_percent_sign():
-    assert relaxed_accuracy("45%", ["45"]) == 1.0
+def test_relaxed_accuracy_lenient_strips_percent_sign():
+    assert relaxed_accuracy_lenient("45%", ["45"]) == 1.0
 
 
 def test_relaxed_accuracy_compares_percent_values():
@@ -218,20 +224,20 @@ def test_relaxed_accuracy_zero_reference_needs_exact_zero():
     assert relaxed_accuracy("0.01", ["0"]) == 0.0
 
 
-def test_relaxed_accuracy_zero_reference_accepts_zero_written_differently():
-    assert relaxed_accuracy("0.0", ["0"]) == 1.0
+def test_relaxed_accuracy_lenient_zero_reference_accepts_zero_written_differently():
+    assert relaxed_accuracy_lenient("0.0", ["0"]) == 1.0
 
 
-def test_relaxed_accuracy_reads_thousands_separator_and_float_prediction():
-    assert relaxed_accuracy(1234.0, ["1,234"]) == 1.0
+def test_relaxed_accuracy_lenient_reads_thousands_separator_and_float_prediction():
+    assert relaxed_accuracy_lenient(1234.0, ["1,234"]) == 1.0
 
 
 def test_relaxed_accuracy_reads_full_width_digits():
     assert relaxed_accuracy("１００", ["100"]) == 1.0
 
 
-def test_relaxed_accuracy_text_answers_need_exact_match_ignoring_case():
-    assert relaxed_accuracy(" Blue ", ["blue"]) == 1.0
+def test_relaxed_accuracy_lenient_text_answers_need_exact_match_ignoring_case_and_spaces():
+    assert relaxed_accuracy_lenient(" Blue ", ["blue"]) == 1.0
 
 
 def test_relaxed_accuracy_different_text_is_wrong():

@@ -11,7 +11,7 @@ import warnings
 import pandas as pd
 import pytest
 from PIL import Image
-from support import scene
+from support import scene, script
 
 from glmlab.widgets import HISTORY_COLUMNS, PRESETS, VQAWidget, random_adapter
 from glmlab.widgets.backend import describe_error
@@ -238,6 +238,24 @@ def test_grounding_boxes_are_drawn_on_the_first_preview(widget):
     assert thumb.size == (200, 100)
     assert thumb.getpixel((50, 50)) == BOX_COLOUR  # corner (250/1000*200, 250/1000*100)
     assert thumb.getpixel((100, 50)) == (255, 255, 255)
+
+
+def test_a_boxed_value_is_shown_as_the_boxed_answer_not_drawn_as_a_box(scripted):
+    script(scripted, "<|begin_of_box|>Paris<|end_of_box|>")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = VQAWidget(scripted, **GREEDY)
+    try:
+        made.set_image(scene())
+        made.question.value = QUESTION
+        made.ask().join()
+        answer = made.last_answer
+        assert (answer.text, answer.boxes, answer.boxed) == ("Paris", [], ["Paris"])
+        assert "<b>Boxed answer 框内答案:</b> <code>Paris</code>" in made.answer.value
+        assert made.history["boxed"].tolist() == ['["Paris"]'] and made.history["boxes"].tolist() == ["[]"]
+    finally:
+        made.stop()
+        made.close()
 
 
 def test_preset_fills_the_question_and_resets_the_menu(widget):

@@ -10,8 +10,8 @@ Every registered metric is called the same way, one sample at a time::
   ("text", "choice", "yes_no"), a float ("number"), a dict ("json"), or None when extraction found
   nothing. None scores 0 (field_f1: every reference field missed).
 - `references`: the acceptable answers, a list (a lone str or dict is taken as a one-item list).
-  Several references mean "any of these" (the best score counts), except in `vqa_accuracy`, where
-  they are the human answers that vote.
+  Several references mean "any of these" (the best score counts), except in `vqa_accuracy` and
+  `vqa_accuracy_lenient`, where they are the human answers that vote.
 - `options`: keyword-only settings of that metric, from the suite YAML (`threshold=0.5`) or, for
   per-sample ones such as medical_vqa's `question_type`, from the data row. A misspelt option is a
   TypeError, never silently ignored.
@@ -40,7 +40,7 @@ from rapidfuzz.distance import Levenshtein
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.extract import extract_choice, extract_yes_no
 from glmlab.eval.fields import FieldScores, aggregate_field_scores, score_fields
-from glmlab.eval.numbers import parse_number
+from glmlab.eval.numbers import NumberRules, parse_number
 from glmlab.eval.stats import bootstrap_ci, paired_bootstrap_pvalue
 from glmlab.eval.vqa_normalize import normalize_vqa_answer
 
@@ -60,8 +60,10 @@ __all__ = [
     "paired_bootstrap_pvalue",
     "register_metric",
     "relaxed_accuracy",
+    "relaxed_accuracy_lenient",
     "sample_score",
     "vqa_accuracy",
+    "vqa_accuracy_lenient",
 ]
 
 MetricFn = Callable[..., Any]
@@ -73,6 +75,7 @@ _THOUSANDS_COMMA_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _TOKEN_RE = re.compile(r"[\u3400-\u9fff]|[^\s\u3400-\u9fff]+")  # each CJK character is one token
 _CLOSED_TYPES = ("closed", "yes_no", "choice")
 _OPEN_TYPES = ("open",)
+_REFERENCE_FLOAT = NumberRules(python_float=True, percent="fraction")
 _YES_NO_WORDS = {"yes", "no", "true", "false", "是", "否", "有", "没有", "无", "不是"}
 
 
@@ -194,31 +197,56 @@ def exact_match(prediction: Any, references: Any) -> float:
 
 @register_metric("anls")
 def anls(prediction: Any, references: Any, *, threshold: float = 0.5) -> float:
-    """Average Normalized Levenshtein Similarity of one answer (DocVQA), best over the references.
+    """Average Normalized Levenshtein Similarity of one answer, as DocVQA's official script computes it.
 
-    Both sides are lowercased, stripped and whitespace-collapsed; NL = edit distance / length of
-    the longer string; the score is 1 - NL if NL < threshold, else 0. Two empty strings score 1,
-    an empty prediction against a non-empty reference 0. Distance by rapidfuzz.
+    Both sides are stripped, lowercased and whitespace-collapsed; NL = edit distance / the length
+    of the longer *unnormalised* string (the official script measures `len(answer.upper())`, so
+    extra spaces lengthen the denominator); the score is 1 - (smallest NL over the references),
+    or 0 when that is below 1 - `threshold` (so NL = 0.5 still scores 0.5). Two empty strings score
+    1, an empty prediction against a non-empty reference 0. Distance by rapidfuzz.
     """
-    answer = "" if prediction is None else _docvqa_normalize(_as_text(prediction))
-    best = 0.0
-    for ref in _as_references(references):
-        distance = Levenshtein.normalized_distance(answer, _docvqa_normalize(_as_text(ref)))
-        best = max(best, 1.0 - distance if distance < threshold else 0.0)
-    return best
+    answer = "" if prediction is None else _as_text(prediction)
+    smallest = min(_docvqa_nl(answer, _as_text(ref)) for ref in _as_references(references))
+    similarity = 1.0 - smallest
+    return similarity if similarity >= 1.0 - threshold else 0.0
 
 
 @register_metric("vqa_accuracy")
 def vqa_accuracy(prediction: Any, references: Any) -> float:
-    """VQAv2 accuracy: min(1, agreeing humans / 3), averaged over leave-one-out subsets.
+    """VQAv2 accuracy as the official evaluation scores a submission (EvalAI + `vqaEval.py`).
 
-    Prediction and references are normalised as the official evaluation does
-    (`normalize_vqa_answer`). With n references, each is left out in turn and the prediction scores
-    min(1, matches among the other n - 1 / k), with k = min(3, n - 1); the n scores are averaged.
-    For the standard 10 answers k = 3, exactly the official metric (one matching human: 0.3, two:
-    0.6, three: 0.9, four or more: 1.0). Fewer references lower k so full agreement can still
-    score 1; a single reference is plain exact match. Unlike the official script, references are
-    always fully normalised (VQAv2's own answers already are, so its scores are unchanged).
+    The prediction is processed as EvalAI processes submitted answers (lowercased, "," and "?"
+    removed, "'s" split off, then `normalize_vqa_answer`). The human answers are stripped; only if
+    they are not all the same are they, and the prediction once more, normalised with
+    `normalize_vqa_answer` (so ten humans who all wrote "Two" do not match "two", read as "2").
+    Each human answer is
+    left out in turn and the prediction scores min(1, matching others / 3); the scores are averaged:
+    with VQAv2's 10 answers one matching human gives 0.3, two 0.6, three 0.9, four or more 1.0.
+    The divisor is always 3, as in the official code: fewer than four references cannot reach 1
+    and a single one scores 0 (`vqa_accuracy_lenient` scales to fewer references).
+    """
+    refs = [_as_text(ref).replace("\n", " ").replace("\t", " ").strip() for ref in _as_references(references)]
+    if prediction is None:
+        return 0.0
+    answer = normalize_vqa_answer(_evalai_tokenize(_as_text(prediction)))
+    if len(set(refs)) > 1:
+        refs = [normalize_vqa_answer(ref) for ref in refs]
+        answer = normalize_vqa_answer(answer)
+    matches = sum(ref == answer for ref in refs)
+    # Leaving out a matching reference removes one match; leaving out another removes none.
+    per_subset = [min(1.0, (matches - (ref == answer)) / 3) for ref in refs]
+    return sum(per_subset) / len(per_subset)
+
+
+@register_metric("vqa_accuracy_lenient")
+def vqa_accuracy_lenient(prediction: Any, references: Any) -> float:
+    """VQAv2-style accuracy for data with any number of references (not the benchmark's own number).
+
+    Prediction and references are always normalised (`normalize_vqa_answer`). With n references,
+    each is left out in turn and the prediction scores min(1, matches among the other n - 1 / k),
+    with k = min(3, n - 1); the n scores are averaged. For 10 answers that disagree this equals
+    `vqa_accuracy`; fewer references lower k so full agreement can still score 1, and a single
+    reference is plain exact match.
     """
     refs = [normalize_vqa_answer(_as_text(ref)) for ref in _as_references(references)]
     if prediction is None:
@@ -228,17 +256,34 @@ def vqa_accuracy(prediction: Any, references: Any) -> float:
         return float(answer == refs[0])
     needed = min(3, len(refs) - 1)
     matches = sum(ref == answer for ref in refs)
-    # Leaving out a matching reference removes one match; leaving out another removes none.
     per_subset = [min(1.0, (matches - (ref == answer)) / needed) for ref in refs]
     return sum(per_subset) / len(per_subset)
 
 
 @register_metric("relaxed_accuracy")
 def relaxed_accuracy(prediction: Any, references: Any, *, tolerance: float = 0.05) -> float:
-    """ChartQA relaxed accuracy: numbers within `tolerance` relative error, other answers exactly.
+    """ChartQA relaxed accuracy exactly as the reference (pix2struct's `relaxed_correctness`).
 
-    If both sides parse as plain numbers ("1,234.5", "45%", a float; the percent sign is stripped,
-    not divided by 100), |pred - ref| / |ref| <= tolerance counts as correct; a reference of 0 needs
+    Both sides are read by Python's float(), a trailing "%" dividing by 100 ("50%" is 0.5, so it
+    matches "0.5" and "45%" does not match "45"); "1,234" or "12 kg" are not numbers. If the
+    prediction is a number and the reference a non-zero number, |pred - ref| / |ref| <= `tolerance`
+    is correct; otherwise (text, or a reference of 0) the lowercased strings must be equal, without
+    stripping. Best over the references. A float prediction (the number extractor's) is its text.
+    """
+    if prediction is None:
+        return 0.0
+    answer = _as_text(prediction)
+    return float(
+        any(_relaxed_correctness(answer, _as_text(ref), tolerance) for ref in _as_references(references))
+    )
+
+
+@register_metric("relaxed_accuracy_lenient")
+def relaxed_accuracy_lenient(prediction: Any, references: Any, *, tolerance: float = 0.05) -> float:
+    """A more forgiving relaxed accuracy (not ChartQA's number): glmlab's number reading, "%" ignored.
+
+    If both sides parse as plain numbers under `parse_number`'s defaults ("1,234.5", "１００", "−3",
+    "45%" read as 45), |pred - ref| / |ref| <= tolerance counts as correct; a reference of 0 needs
     exactly 0. Otherwise the lowercased, stripped strings must be equal. Best over the references.
     """
     if prediction is None:
@@ -312,6 +357,15 @@ def _relaxed_match(prediction: Any, reference: Any, tolerance: float) -> bool:
     return _as_text(prediction).strip().lower() == _as_text(reference).strip().lower()
 
 
+def _relaxed_correctness(prediction: str, reference: str, tolerance: float) -> bool:
+    predicted = parse_number(prediction, _REFERENCE_FLOAT)
+    expected = parse_number(reference, _REFERENCE_FLOAT)
+    if predicted is not None and expected is not None and expected != 0:
+        # float(): the reference compares binary floats, and NaN is "truthy" there too
+        return abs(float(predicted) - float(expected)) / abs(float(expected)) <= tolerance
+    return prediction.lower() == reference.lower()
+
+
 def _plain_number(value: Any) -> float | None:
     """A float from a number or from text that is only a number (optionally with a % sign)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -322,6 +376,19 @@ def _plain_number(value: Any) -> float | None:
 
 def _docvqa_normalize(text: str) -> str:
     return " ".join(text.strip().lower().split())
+
+
+def _docvqa_nl(prediction: str, reference: str) -> float:
+    """Normalised Levenshtein distance as DocVQA's official script: normalised texts, raw lengths."""
+    length = max(len(prediction.upper()), len(reference.upper()))
+    if length == 0:
+        return 0.0
+    return Levenshtein.distance(_docvqa_normalize(prediction), _docvqa_normalize(reference)) / length
+
+
+def _evalai_tokenize(text: str) -> str:
+    """EvalAI's first step on a submitted VQA answer (its `word_tokenize`)."""
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
 
 
 def _is_decimal_point(text: str, index: int) -> bool:

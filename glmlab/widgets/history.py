@@ -35,6 +35,7 @@ COLUMNS = (
     "completion_tokens",
     "finish_reason",
     "boxes",
+    "boxed",
 )
 SHOWN = [
     "time",
@@ -86,6 +87,7 @@ class History:
                 "completion_tokens": answer.usage.completion_tokens,
                 "finish_reason": answer.finish_reason,
                 "boxes": json.dumps(answer.boxes),
+                "boxed": json.dumps(answer.boxed, ensure_ascii=False),
             }
         )
 

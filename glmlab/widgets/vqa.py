@@ -412,7 +412,7 @@ class VQAWidget(widgets.VBox):
         if stopped:
             answer = dataclasses.replace(answer, finish_reason="stopped")
         self.last_answer = answer
-        self._show_answer(answer.text, answer.thinking)
+        self._show_answer(answer.text, answer.thinking, answer.boxed)
         self.timing.value = timing_line(answer)
         if answer.boxes:
             self.show_boxes(answer.boxes)
@@ -432,9 +432,9 @@ class VQAWidget(widgets.VBox):
         done = f"Stopped: kept {answer.usage.completion_tokens} tokens." if stopped else "Done."
         self.status.value = f"{done} Ready for another question."
 
-    def _show_answer(self, text: str, thinking: str | None) -> None:
+    def _show_answer(self, text: str, thinking: str | None, boxed: list[str] | None = None) -> None:
         self._answer_text = text
-        self.answer.value = _text_html(text) if text else ""
+        self.answer.value = (_text_html(text) if text else "") + _boxed_html(boxed or [])
         self.thinking_text.value = _text_html(thinking or "")
         title = f"Thinking 思考过程 ({len(thinking)} characters)" if thinking else "Thinking 思考过程 (none)"
         self.thinking_box.set_title(0, title)
@@ -505,6 +505,14 @@ class VQAWidget(widgets.VBox):
     def answer_text(self) -> str:
         """The answer shown now (while streaming: what has arrived so far), as plain text."""
         return self._answer_text
+
+
+def _boxed_html(values: list[str]) -> str:
+    """The answer's boxed values (`Answer.boxed`, not grounding boxes) on a line of their own."""
+    if not values:
+        return ""
+    shown = " · ".join(f"<code>{html.escape(value)}</code>" for value in values)
+    return f'<div style="margin-top: 4px"><b>Boxed answer 框内答案:</b> {shown}</div>'
 
 
 def _text_html(text: str) -> str:
