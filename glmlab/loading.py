@@ -191,6 +191,16 @@ def _load_error(model: str | Path, source: str, error: Exception) -> ModelLoadEr
     )
 
 
+def meta_model(config: dict[str, Any]):
+    """The network of a config.json dict on PyTorch's meta device: exact shapes and parameter counts, no memory."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    values = dict(config)
+    built = AutoConfig.for_model(values.pop("model_type"), **values)
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(built)
+
+
 def base_config(model: str):
     """The base model's transformers config (local folder, 'tiny', or hub id from the cache/hub)."""
     from transformers import AutoConfig

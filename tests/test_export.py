@@ -56,7 +56,8 @@ def test_vllm_export_drops_vision_modules_with_a_warning_naming_them(adapters, t
     assert manifest["format"] == "vllm" and manifest["rank"] == 4 and manifest["max_lora_rank"] == 8
     assert manifest["dropped_modules"] == exported.dropped_modules and len(manifest["modules"]) == 12
     assert manifest["vllm_serve"].endswith(
-        f"--max-lora-rank 8 --max-loras 1 --lora-modules seeing={exported.path}"
+        f"--max-lora-rank 8 --max-loras 1 --lora-modules seeing={exported.path} --max-model-len auto "
+        """--limit-mm-per-prompt '{"image": 32, "video": 0}'"""
     )
 
 

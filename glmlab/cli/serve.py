@@ -4,7 +4,8 @@ The settings options are generated from `glmlab.serve.ServerSettings` (its field
 and help), so the command and the library cannot drift. Options after `--` go to vLLM unchanged.
 
     glmlab serve --model tiny --adapter invoices=runs/invoices/adapter --port 8080
-    glmlab serve --engine vllm --adapter invoices=exports/invoices-vllm --dry-run -- --max-model-len 32768
+    glmlab serve --engine vllm --adapter invoices=exports/invoices-vllm --gpu-memory-gib 24 --dry-run
+    glmlab serve --engine vllm --vllm-python ~/.venvs/vllm/bin/python --adapter invoices=exports/invoices-vllm
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typer
 
 from glmlab.cli.common import clear_errors, quiet_transformers
 from glmlab.cli.root import app
-from glmlab.serve.settings import ServerSettings, parse_adapter_args
+from glmlab.serve.settings import VLLM_ONLY, ServerSettings, parse_adapter_args
 
 Engine = typing.Literal["glmlab", "vllm"]
 
@@ -38,6 +39,7 @@ def serve_command(ctx: typer.Context, engine: str, dry_run: bool, **values: Any)
             raise typer.BadParameter(
                 f"unknown options {ctx.args}; options after `--` are for --engine vllm only."
             )
+        _warn_vllm_only(settings)
         if dry_run:
             typer.echo(
                 f"glmlab would serve {settings.model!r} on http://{settings.host}:{settings.port}/v1 with "
@@ -62,10 +64,23 @@ def _run_vllm(settings: ServerSettings, extra: list[str], dry_run: bool) -> None
 
     if dry_run:
         typer.echo(vllm_command(settings, extra).shell())
-        if shutil.which("vllm") is None:
+        if settings.vllm_python is None and shutil.which("vllm") is None:
             typer.echo(f"note: {INSTALL_HINT}", err=True)
         return
-    raise typer.Exit(run_vllm(settings, extra))
+    raise typer.Exit(run_vllm(settings, extra, report=lambda line: typer.echo(line, err=True)))
+
+
+def _warn_vllm_only(settings: ServerSettings) -> None:
+    """glmlab's own server has no use for the vLLM-only settings: say so rather than ignore them quietly."""
+    default = ServerSettings(model=settings.model)
+    given = [
+        item.metadata.get("flag", "--" + item.name.replace("_", "-"))
+        for item in fields(ServerSettings)
+        if item.name in VLLM_ONLY and getattr(settings, item.name) != getattr(default, item.name)
+    ]
+    if given:
+        flags = ", ".join(given)
+        typer.echo(f"note: {flags} only apply with --engine vllm; glmlab's server ignores them.", err=True)
 
 
 def _settings_parameters() -> list[inspect.Parameter]:

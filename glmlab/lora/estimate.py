@@ -146,12 +146,11 @@ def model_shapes(config: Any = None) -> ModelShapes:
 @lru_cache(maxsize=4)
 def _shapes(config_json: str) -> ModelShapes:
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    values = json.loads(config_json)
-    config = AutoConfig.for_model(values.pop("model_type"), **values)
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
+    from glmlab.loading import meta_model
+
+    model = meta_model(json.loads(config_json))
+    config = model.config
     linears = tuple(
         (name, module.in_features, module.out_features)
         for name, module in model.named_modules()

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from glmlab.adapters import check_adapter_name
+from glmlab.adapters import VLLM_LORA_RANKS, check_adapter_name
 from glmlab.config import Check, checked_field, is_int, is_number, problems, raise_if_problems
 from glmlab.errors import ConfigError
 from glmlab.images import DEFAULT_MAX_INPUT_PIXELS, MB
@@ -33,6 +33,23 @@ API_KEY_ENV = "GLMLAB_API_KEY"
 API_KEY = re.compile(r"^[!-~]+$")  # printable ASCII, no spaces: what a Bearer header carries intact
 HOST_PATTERN = re.compile(r"^(\*|(\*\.)?[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])$")
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# vLLM's --max-lora-rank when adapters only come at run time (--adapter-root, no --adapter): its own
+# default, 16, would refuse every later adapter above rank 16; 64 covers the usual LoRA ranks.
+DEFAULT_RUNTIME_LORA_RANK = 64
+# settings only `glmlab serve --engine vllm` uses
+VLLM_ONLY = (
+    "gpu_memory_gib",
+    "gpu_memory_utilization",
+    "tensor_parallel_size",
+    "mm_encoder_tp_mode",
+    "mm_processor_cache_gb",
+    "mm_processor_cache_type",
+    "max_lora_rank",
+    "max_loras",
+    "max_cpu_loras",
+    "vllm_python",
+    "vllm_start_timeout_s",
+)
 
 
 def _option(default, help: str, check: Check | None = None, **extra):
@@ -164,6 +181,68 @@ class ServerSettings:
         "None | 8bit | 4bit (bitsandbytes, CUDA only).",
         Check(lambda value: value in QUANTIZE_NAMES, "unset, " + " or ".join(QUANTIZE_NAMES)),
     )
+    # --engine vllm only (VLLM_ONLY): the `vllm serve` options glmlab sets for GLM-V
+    gpu_memory_gib: float | None = _option(
+        None,
+        "vLLM: memory of each GPU in GiB (as nvidia-smi shows it); sets the default --max-model-len to the "
+        "longest context whose KV cache fits (README: vLLM's context length). Unset: "
+        "--max-model-len auto (vLLM fits it on the GPU it starts on).",
+        Check(lambda value: is_number(value) and value > 0, "greater than 0 (or unset)"),
+    )
+    gpu_memory_utilization: float | None = _option(
+        None,
+        "vLLM: share of each GPU's memory vLLM may take (vLLM's default: 0.9).",
+        Check(lambda value: is_number(value) and 0 < value <= 1, "between 0 and 1 (or unset)"),
+    )
+    tensor_parallel_size: int = _option(1, "vLLM: GPUs to split the model over.", _at_least(1))
+    mm_encoder_tp_mode: str | None = _option(
+        None,
+        "vLLM: weights | data: how the vision encoder uses tensor parallelism (default: data with "
+        "--tensor-parallel-size above 1, as GLM-V recommends; vLLM's own otherwise).",
+        Check(lambda value: value in ("weights", "data"), "unset, weights or data"),
+    )
+    mm_processor_cache_gb: float | None = _option(
+        None,
+        "vLLM: GiB of processed images each vLLM process caches (vLLM's default: 4; 0 turns it off).",
+        Check(lambda value: is_number(value) and value >= 0, "at least 0 (or unset)"),
+    )
+    mm_processor_cache_type: str | None = _option(
+        None,
+        "vLLM: lru | shm: the processed-image cache's kind (GLM-V recommends shm with several GPUs).",
+        Check(lambda value: value in ("lru", "shm"), "unset, lru or shm"),
+    )
+    max_lora_rank: int | None = _option(
+        None,
+        "vLLM: largest adapter rank the server accepts, one of "
+        + ", ".join(map(str, VLLM_LORA_RANKS))
+        + f" (default: the smallest that fits the --adapter ones; {DEFAULT_RUNTIME_LORA_RANK} when "
+        "adapters are only loaded at run time).",
+        Check(
+            lambda value: value in VLLM_LORA_RANKS,
+            "unset or one of vLLM's ranks " + ", ".join(map(str, VLLM_LORA_RANKS)),
+        ),
+    )
+    max_loras: int | None = _option(
+        None,
+        "vLLM: adapters one batch may use at once, each a GPU slot of max_lora_rank "
+        "(default: the number of --adapter ones, at least 1).",
+        Check(_at_least(1), "at least 1 (or unset)"),
+    )
+    max_cpu_loras: int | None = _option(
+        None, "vLLM: adapters kept in CPU memory, at least --max-loras (vLLM's default: --max-loras)."
+    )
+    vllm_python: str | None = _option(
+        None,
+        "vLLM: the Python of an environment where vLLM is installed; runs `PYTHON -m "
+        "vllm.entrypoints.cli.main serve` (vLLM pins its own torch and transformers). Default: `vllm` on PATH.",
+        metavar="PATH",
+    )
+    vllm_start_timeout_s: float = _option(
+        1800.0,
+        "vLLM: seconds to wait for vLLM's /health after starting it (it downloads and loads the model).",
+        _positive(),
+        flag="--vllm-start-timeout",
+    )
 
     def __post_init__(self) -> None:
         if self.api_key is None and API_KEY_ENV in os.environ:
@@ -186,6 +265,18 @@ class ServerSettings:
                 "ServerSettings.allow_private_urls=True: only has a meaning with allow_urls=True."
             )
         self._check_auth()
+
+    def extra_problems(self) -> list[tuple[str, str]]:
+        """Checks that span fields (glmlab.config.problems calls this)."""
+        floor = max(self.max_loras or 1, len(self.adapters), 1)
+        if self.max_cpu_loras is not None and (not is_int(self.max_cpu_loras) or self.max_cpu_loras < floor):
+            return [
+                (
+                    f"max_cpu_loras={self.max_cpu_loras!r}",
+                    "must be at least max_loras and the number of adapters (or unset)",
+                )
+            ]
+        return []
 
     def _check_auth(self) -> None:
         """An empty key would switch authentication off; beyond loopback a key (or no_auth) is required."""
