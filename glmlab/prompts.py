@@ -105,14 +105,16 @@ def render(
     *,
     thinking: bool | None = None,
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """The prompt text of `messages` under the checkpoint's chat template.
 
     `thinking=None` keeps the model's default (GLM-4.6V: on); False passes enable_thinking=False.
+    `tools` (OpenAI-style function definitions) go to the template, which lists them in a system turn.
     """
     kwargs = {} if thinking is None else {"enable_thinking": bool(thinking)}
     return processor.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, tools=tools, **kwargs
     )
 
 

@@ -70,7 +70,7 @@ TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64)
 # becomes 224x224 = 16x16 patches = 64 image tokens).
 TINY_MAX_IMAGE_PIXELS = 224 * 224  # pixel area; the processor's longest_edge is twice this
 CHAT_TEMPLATE = "glm46v_chat.jinja"
-TINY_VERSION = 1  # bump when the checkpoint's layout changes, so stale caches are rebuilt
+TINY_VERSION = 2  # bump when the checkpoint's files change (layout, template), so stale caches are rebuilt
 
 
 def build(

@@ -41,6 +41,17 @@ def vlm(tiny_path: Path):
         return glmlab.load("tiny")
 
 
+@pytest.fixture(scope="session")
+def vlm_bf16(tiny_path: Path):
+    """The tiny model in bfloat16 on the CPU, for the invariants that must also hold in bf16 (shared:
+    tests must not leave adapters active)."""
+    import glmlab
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return glmlab.load("tiny", dtype="bfloat16", device="cpu")
+
+
 @pytest.fixture
 def red_image() -> Image.Image:
     return scene()

@@ -80,15 +80,14 @@ EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 QUIET = {"progress": False}
 
 
-def script(model, text: str, *, thinking: bool | None = False) -> None:
+def script(model, text: str) -> None:
     """Make greedy decoding answer `text` then stop: a chain of distinct tokens, each naming the next.
 
-    The chain starts at the prompt's last token: "\\n" after the pre-filled `<think></think>` when
-    thinking is off, `<|assistant|>` when it is on.
+    The chain starts at the prompt's last token, "\\n" either way: after the pre-filled
+    `<think></think>` when thinking is off, after `<|assistant|>` when it is on.
     """
     tokenizer = model.tokenizer
-    start = tokenizer.encode("\n", add_special_tokens=False) if thinking is False else ["<|assistant|>"]
-    start_id = start[0] if thinking is False else tokenizer.convert_tokens_to_ids(start[0])
+    (start_id,) = tokenizer.encode("\n", add_special_tokens=False)
     chain = [
         start_id,
         *tokenizer.encode(text, add_special_tokens=False),

@@ -24,6 +24,28 @@ def test_batch_equals_one_by_one_in_input_order(vlm):
     assert all(answer.usage.completion_tokens == 10 for answer in answers)
 
 
+def test_bf16_batch_and_prefix_cache_give_the_same_greedy_tokens(vlm_bf16):
+    """The bf16 rule for batch = loop and cached = uncached is the float32 one: equal greedy tokens.
+
+    bf16 rounds every matmul result, so these invariants hold only where both sides reduce in the same
+    order. On the CPU they do: a left-padded row and the same prompt alone, a prefill from a cached
+    image prefix and a full prefill, give the same last-position logits to the bit on the tiny model
+    (measured max difference 0.0), so no tolerance is needed. merged = base + adapter is where bf16
+    cannot be exact (test_export).
+    """
+    import torch
+
+    assert vlm_bf16.model.dtype == torch.bfloat16
+    settings = {"temperature": 0, "max_new_tokens": 6}
+    items = [(scene(112, 112, "red"), "What colour?"), (None, "Hello?")]
+    loop = [vlm_bf16.ask(image, question, cache=False, **settings).raw for image, question in items]
+    assert [answer.raw for answer in vlm_bf16.batch(items, batch_size=2, **settings)] == loop
+    hits = vlm_bf16.prefix_cache.hits
+    for _ in range(2):  # the first call fills the prefix cache, the second answers from it
+        assert vlm_bf16.ask(*items[0], **settings).raw == loop[0]
+    assert vlm_bf16.prefix_cache.hits == hits + 1
+
+
 def test_batch_reports_a_bad_item_and_keeps_the_others(vlm):
     answers = vlm.batch([(scene(), "Q"), ("/missing.png", "Q"), (scene(), "Q")], batch_size=8, **GREEDY)
     assert [answer.finish_reason for answer in answers] == ["length", "error", "length"]

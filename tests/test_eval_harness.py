@@ -34,7 +34,7 @@ def summary_values(run: EvalRun) -> dict[str, dict]:
 
 @pytest.mark.parametrize("thinking", [False, None], ids=["no-thinking", "thinking"])
 def test_exact_match_with_and_without_thinking_tags_end_to_end(scripted, thinking):
-    script(scripted, "<think>o</think>red" if thinking is None else "red", thinking=thinking)
+    script(scripted, "<think>o</think>red" if thinking is None else "red")
     suite = shapes_suite(**{"prompt.thinking": thinking})
     run = evaluate(suite, scripted, limit=12, **QUIET)
     records = generate("shapes", 12, seed=1000)

@@ -74,8 +74,8 @@ def test_label_mask_keeps_only_answer_tokens(vlm, records):
 
 def test_thinking_on_target_starts_with_an_empty_think_block(vlm, records):
     sample = make_collator(vlm, thinking=True).encode(records[0])
-    assert sample.prompt_text.endswith("<|assistant|>")
-    assert sample.target_text == "\n<think></think>\nred"
+    assert sample.prompt_text.endswith("<|assistant|>\n")
+    assert sample.target_text == "<think></think>\nred"
     assert "/nothink" not in sample.prompt_text
 
 
