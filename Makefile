@@ -33,8 +33,8 @@ bench: install
 
 # ruff (lint + format) and the import contracts of pyproject.toml (layers, no cycles, scoring without models)
 quality: install
-	$(BIN)/ruff check glmlab tests eval
-	$(BIN)/ruff format --check glmlab tests eval
+	$(BIN)/ruff check glmlab tests eval engines
+	$(BIN)/ruff format --check glmlab tests eval engines
 	$(BIN)/lint-imports
 
 # The hand-offs to vLLM and llama.cpp checked by the engines' own code (README, "Real engines"): builds their
