@@ -33,6 +33,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ROOT / ".engines"
 CHECKS = ("vllm_args", "vllm_lora", "merged_transformers", "gguf")
 ENV_OF = {"vllm_args": "vllm", "vllm_lora": "vllm", "merged_transformers": "vllm", "gguf": "llama"}
+# the script of each check in engines/checks/ (llama_gguf.py: a gguf.py would hide the gguf package)
+SCRIPT_OF = {
+    "vllm_args": "vllm_args",
+    "vllm_lora": "vllm_lora",
+    "merged_transformers": "merged_transformers",
+    "gguf": "llama_gguf",
+}
 TIMEOUT_S = 900
 MAX_NEW_TOKENS = 8
 TEXT_PROMPTS = ["What is the capital of France?", "Count from one to five.", "你好，请介绍一下你自己。"]
@@ -56,7 +63,7 @@ def side_python(check: str) -> Path:
 
 
 def run_side(check: str, inputs: dict, work: Path) -> Result:
-    """Run engines/checks/<check>.py in its side environment with `inputs` as JSON; its last line is the verdict."""
+    """Run the check's script (engines/checks/) in its side environment with `inputs` as JSON; its last line is the verdict."""
     python = side_python(check)
     if not python.exists():
         return Result(False, f"no side environment {python.parent.parent}: run engines/setup.sh")
@@ -71,7 +78,7 @@ def run_side(check: str, inputs: dict, work: Path) -> Result:
     env.pop("PYTHONPATH", None)  # glmlab's own code must not leak into the engine's environment
     try:
         done = subprocess.run(
-            [str(python), str(ROOT / "engines" / "checks" / f"{check}.py"), str(request)],
+            [str(python), str(ROOT / "engines" / "checks" / f"{SCRIPT_OF[check]}.py"), str(request)],
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
@@ -262,7 +269,11 @@ def greedy_references(path: Path, image: bool) -> list[dict]:
         inputs = vlm._to_device(prompt.features)
         with torch.inference_mode():
             output = vlm.model.generate(
-                **inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, min_new_tokens=MAX_NEW_TOKENS
+                **inputs,
+                do_sample=False,
+                repetition_penalty=1.0,  # plain greedy: not the checkpoint's generation_config
+                max_new_tokens=MAX_NEW_TOKENS,
+                min_new_tokens=MAX_NEW_TOKENS,
             )
         references.append(
             {
@@ -369,8 +380,8 @@ def run(checks: list[str], work: Path) -> dict[str, Result]:
                 results[check] = Result(False, f"glmlab: {type(error).__name__}: {error}")
             else:
                 results[check] = run_side(check, inputs, work)
-        verdict = "ok" if results[check].ok else f"FAIL: {results[check].reason}"
-        print(f"engines: {check}: {verdict} ({time.perf_counter() - start:.0f} s)", flush=True)
+        verdict = ("ok: " if results[check].ok else "FAIL: ") + results[check].reason
+        print(f"engines: {check} ({time.perf_counter() - start:.0f} s): {verdict}", flush=True)
     return results
 
 

@@ -41,7 +41,9 @@ def check(request: dict) -> str:
             )
         count = len(case["tokens"])
         with torch.inference_mode():
-            output = model.generate(**inputs, do_sample=False, max_new_tokens=count, min_new_tokens=count)
+            output = model.generate(
+                **inputs, do_sample=False, repetition_penalty=1.0, max_new_tokens=count, min_new_tokens=count
+            )
         tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
         if tokens != case["tokens"]:
             raise CheckFailed(f"greedy tokens of {case['text']!r}: {tokens}, glmlab {case['tokens']}")

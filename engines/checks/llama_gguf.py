@@ -83,10 +83,32 @@ def check(request: dict) -> str:
             raise CheckFailed(
                 f"greedy tokens of {case['text']!r}: llama.cpp {tokens}, glmlab {case['tokens']}"
             )
+    load_projector(llm, mmproj_gguf)
     return (
         f"llama-cpp-python {__version__}: {len(request['cases'])} text prompts equal on the f16 GGUF; "
-        f"mmproj written (projector {projector_type})"
+        f"mmproj (projector {projector_type}) loads in llama.cpp's mtmd with vision; image answers not compared"
     )
+
+
+def load_projector(llm, mmproj: Path) -> None:
+    """llama.cpp's multimodal library (mtmd) loads the mmproj beside the text model and says it sees.
+
+    As llama-cpp-python's Llava15ChatHandler does; the bindings have no GLM-4.6V chat handler, so an
+    image question is not asked here (llama.cpp's own `llama-mtmd-cli -m GGUF --mmproj MMPROJ` asks one).
+    """
+    import llama_cpp.mtmd_cpp as mtmd
+
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = False
+    params.n_threads = 2
+    context = mtmd.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
+    if not context:
+        raise CheckFailed(f"llama.cpp's mtmd does not load {mmproj.name}")
+    try:
+        if not mtmd.mtmd_support_vision(context):
+            raise CheckFailed(f"llama.cpp's mtmd loads {mmproj.name} but reports no vision support")
+    finally:
+        mtmd.mtmd_free(context)
 
 
 if __name__ == "__main__":
