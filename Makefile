@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser-deps demo test lab bench quality clean
+.PHONY: install browser-deps demo test lab bench quality engines clean
 
 install: $(STAMP)
 
@@ -33,9 +33,15 @@ bench: install
 
 # ruff (lint + format) and the import contracts of pyproject.toml (layers, no cycles, scoring without models)
 quality: install
-	$(BIN)/ruff check glmlab tests eval
-	$(BIN)/ruff format --check glmlab tests eval
+	$(BIN)/ruff check glmlab tests eval engines
+	$(BIN)/ruff format --check glmlab tests eval engines
 	$(BIN)/lint-imports
+
+# The hand-offs to vLLM and llama.cpp checked by the engines' own code (README, "Real engines"): builds their
+# side environments under .engines/ once (~10 GB), then runs engines/check.py. Not part of `make test`.
+engines: install
+	engines/setup.sh
+	$(BIN)/python engines/check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
