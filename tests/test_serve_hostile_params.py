@@ -256,9 +256,11 @@ def test_stop_strings_match_the_decoded_tail_only_after_the_prompt(served_vlm):
 
 # ---- a reader that stops reading ---------------------------------------------------------------
 
-# Every event carries the model name: a long one makes each event ~3 KB, so a stalled reader's socket
-# buffers fill after a few dozen tokens rather than after thousands.
-LONG_NAME = "tiny-" + "n" * 3000
+# Every event carries the model name: a long one makes each event ~30 KB, so a stalled reader's socket
+# buffers fill after a few events (the streamer sends a piece per word, and the tiny model's random words
+# can be long) rather than after thousands.
+LONG_NAME = "tiny-" + "n" * 30000
+NO_THINKING = {"chat_template_kwargs": {"enable_thinking": False}}
 
 
 @contextlib.contextmanager
@@ -287,7 +289,10 @@ def stalled_stream(address, **body) -> socket.socket:
     client = socket.socket()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     client.connect(address)
-    payload = json.dumps({"messages": QUESTION, "stream": True, "temperature": 0, **body}).encode()
+    # thinking off: the tiny model's greedy answer is then visible text, one event per token (with
+    # thinking on it can be hidden tokens that send nothing, and the buffers would never fill)
+    request = {"messages": QUESTION, "stream": True, "temperature": 0, **NO_THINKING, **body}
+    payload = json.dumps(request).encode()
     head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     client.sendall(f"{head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
     return client
