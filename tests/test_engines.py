@@ -7,6 +7,7 @@ marker): it needs the side environments engines/setup.sh builds (~15 GB). Run it
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ def test_a_missing_side_environment_is_a_named_failure(tmp_path, monkeypatch, ca
     monkeypatch.setitem(sys.modules, "engines_check", check)  # its dataclasses look their module up
     spec.loader.exec_module(check)
     monkeypatch.setattr(check, "ENGINES", tmp_path / "none")
+    # main() points GLMLAB_HOME at its work folder; restored afterwards for the tests that follow
+    monkeypatch.setenv("GLMLAB_HOME", os.environ.get("GLMLAB_HOME", ""))
 
     assert check.main(["--only", "vllm_lora,gguf", "--work", str(tmp_path / "work")]) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
