@@ -17,6 +17,7 @@ from PIL import Image
 
 from glmlab.errors import InputError
 from glmlab.prompts import to_conversation
+from glmlab.settings import stop_list
 
 # glmlab generation option -> OpenAI request field (top_k and repetition_penalty: vLLM/glmlab extensions)
 GENERATION_FIELDS = {
@@ -41,11 +42,6 @@ OPENAI_SAMPLING_FIELDS = (
     "stop",
 )
 REMOTE_SCHEMES = ("data:", "http://", "https://")
-
-
-def stop_list(stop: str | list[str] | None) -> list[str] | None:
-    """`stop` as a list: OpenAI and glmlab both take one string or several."""
-    return [stop] if isinstance(stop, str) else stop
 
 
 # ---- glmlab -> OpenAI (the client) ----------------------------------------------------------------

@@ -28,6 +28,12 @@ MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 256  # stop strings are matched on the decoded tail, whose length follows this
 
 
+def stop_list(stop: str | list[str] | None) -> list[str] | None:
+    """`stop` as a list: glmlab and OpenAI both take one string or several (used by the library and by
+    both halves of glmlab.openai_format)."""
+    return [stop] if isinstance(stop, str) else stop
+
+
 def _is_stop_list(value: Any) -> bool:
     return isinstance(value, list | tuple) and all(
         isinstance(stop, str) and 1 <= len(stop) <= MAX_STOP_CHARS for stop in value
@@ -102,8 +108,7 @@ class GenerationSettings:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
+        self.stop = stop_list(self.stop)
         raise_if_problems(problems(self), error=InputError)
         for name in ("temperature", "top_p", "repetition_penalty"):  # transformers wants floats, not ints
             if getattr(self, name) is not None:

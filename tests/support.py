@@ -78,6 +78,15 @@ def scene(width: int = 112, height: int = 112, colour: str = "red") -> Image.Ima
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 QUIET = {"progress": False}
+# what a saved eval run folder holds (glmlab.eval.run), sorted
+RUN_FOLDER_FILES = [
+    "accuracy.png",
+    "config.json",
+    "latency.png",
+    "samples.jsonl",
+    "summary.json",
+    "thumbnails",
+]
 
 
 def script(model, text: str) -> None:

@@ -15,7 +15,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from support import EVAL_DIR, QUIET, docvqa_rows, scene, script, shapes_suite, write_docvqa_copy
+from support import (
+    EVAL_DIR,
+    QUIET,
+    RUN_FOLDER_FILES,
+    docvqa_rows,
+    scene,
+    script,
+    shapes_suite,
+    write_docvqa_copy,
+)
 
 from glmlab.data import generate, save_records
 from glmlab.errors import ConfigError, InputError
@@ -246,14 +255,7 @@ def test_state_files_are_replaced_whole_and_leave_no_temporary_files(scripted, t
     run = evaluate(shapes_suite(), scripted, limit=2, run_dir=tmp_path, **QUIET)
     copy = run.save(tmp_path / "copy")
     names = sorted(path.name for path in copy.iterdir())
-    assert names == [
-        "accuracy.png",
-        "config.json",
-        "latency.png",
-        "samples.jsonl",
-        "summary.json",
-        "thumbnails",
-    ]
+    assert names == RUN_FOLDER_FILES
     assert not list(tmp_path.rglob("*.tmp"))
     pd.testing.assert_frame_equal(EvalRun.load(copy).samples, EvalRun.load(tmp_path).samples)
 

@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
-from support import EVAL_DIR, QUIET, script, shapes_suite
+from support import EVAL_DIR, QUIET, RUN_FOLDER_FILES, script, shapes_suite
 from typer.testing import CliRunner
 
 from glmlab.data import generate
@@ -48,14 +48,7 @@ def assert_same_run(loaded: EvalRun, run: EvalRun) -> None:
 def test_a_run_in_memory_saves_and_loads_back_identically(red_and_blue, tmp_path):
     red, _ = red_and_blue
     folder = red.save(tmp_path / "red")
-    assert sorted(path.name for path in folder.iterdir()) == [
-        "accuracy.png",
-        "config.json",
-        "latency.png",
-        "samples.jsonl",
-        "summary.json",
-        "thumbnails",
-    ]
+    assert sorted(path.name for path in folder.iterdir()) == RUN_FOLDER_FILES
     assert_same_run(EvalRun.load(folder), red)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     assert summary["metrics"] == [
