@@ -166,7 +166,7 @@ def test_sixteen_one_bit_pngs_are_refused_by_the_request_pixel_budget(big_one_bi
         to_pil(data_url(big_one_bit_png), budget=budget)
     assert str(caught.value) == (
         "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAIAAAACAAAQAAAA...: 67,108,864 decoded pixels "
-        "would bring this request to 67,108,864, over the limit of 25,165,824 (max_request_pixels); "
+        "would bring this request to 67,108,864, over the limit of 16,777,216 (max_request_pixels); "
         "downscale the images or send fewer."
     )
     assert budget.images == 0 and budget.memory.used == 0
@@ -174,12 +174,12 @@ def test_sixteen_one_bit_pngs_are_refused_by_the_request_pixel_budget(big_one_bi
 
 def test_the_request_pixel_budget_counts_every_image_and_stops_at_the_first_over_it():
     budget = server_budget()
-    small = data_url(one_bit_png(2048))  # 4 M pixels each: 6 fit in 24 M
-    images = [image for _ in range(6) for image in to_pil(small, budget=budget)]
-    assert len(images) == 6 and images[0].size == (2048, 2048) and images[0].mode == "RGB"
-    assert budget.memory.used == 6 * 2048 * 2048 * 4  # the kept RGB images, held until release
+    small = data_url(one_bit_png(2048))  # 4 M pixels each: 4 fit in 16 M
+    images = [image for _ in range(4) for image in to_pil(small, budget=budget)]
+    assert len(images) == 4 and images[0].size == (2048, 2048) and images[0].mode == "RGB"
+    assert budget.memory.used == 4 * 2048 * 2048 * 4  # the kept RGB images, held until release
     with pytest.raises(
-        InputError, match=r"4,194,304 decoded pixels would bring this request to 29,360,128, over"
+        InputError, match=r"4,194,304 decoded pixels would bring this request to 20,971,520, over"
     ):
         to_pil(small, budget=budget)
     budget.release()
@@ -205,7 +205,7 @@ def test_a_pdf_of_sixteen_huge_pages_is_refused_before_any_page_is_rendered(huge
         to_pil(huge_pdf)
     with pytest.raises(
         InputError,
-        match=r"1,024,000,000 decoded pixels would bring this request to 1,024,000,000, over the limit of 25,165,824",
+        match=r"1,024,000,000 decoded pixels would bring this request to 1,024,000,000, over the limit of 16,777,216",
     ):
         to_pil(huge_pdf, budget=server_budget())
     with pytest.raises(InputError, match=r"the PDF has 16 pages, over the limit of 8 \(max_frames\)"):
@@ -389,8 +389,8 @@ def error_message(response, status: int) -> str:
 def test_server_refuses_each_hostile_request_with_400(server, big_one_bit_png, deflated_dicom_9000, huge_pdf):
     client, host = server
     cases = [
-        ([data_url(big_one_bit_png)] * 16, "over the limit of 25,165,824 (max_request_pixels)"),
-        ([data_url(one_bit_png(2048))] * 7, "would bring this request to 29,360,128, over the limit"),
+        ([data_url(big_one_bit_png)] * 16, "over the limit of 16,777,216 (max_request_pixels)"),
+        ([data_url(one_bit_png(2048))] * 5, "would bring this request to 20,971,520, over the limit"),
         ([data_url(one_bit_png(8))] * 33, "would bring this request to 33 images, over the limit of 32"),
         (
             [data_url(deflated_dicom_9000, "application/dicom")],
@@ -507,7 +507,7 @@ def measure(script: str, payload: dict, tmp_path) -> dict:
 def test_peak_memory_of_each_hostile_request_stays_under_400_mb(
     tmp_path, big_one_bit_png, deflated_dicom_9000, huge_pdf
 ):
-    largest = 5016  # 5016x5016 is just under the default 24 M pixels a request may decode
+    largest = 4096  # 4096x4096 is exactly the default 16 M pixels a request may decode
     cases = {
         "16 one-bit PNGs of 8192x8192": [data_url(big_one_bit_png)] * 16,
         "deflated DICOM of 9000x9000": [data_url(deflated_dicom_9000, "application/dicom")],
@@ -515,14 +515,14 @@ def test_peak_memory_of_each_hostile_request_stays_under_400_mb(
         "DICOM whose WindowCenter is text": [
             data_url(dicom_bytes(2, 2, WindowCenter="1234", WindowWidth="400", patch=(b"1234", b"abcd")))
         ],
-        "accepted: one-bit PNG of 5016x5016": [data_url(one_bit_png(largest))],
-        "accepted: RGBA PNG of 5016x5016": [
+        "accepted: one-bit PNG of 4096x4096": [data_url(one_bit_png(largest))],
+        "accepted: RGBA PNG of 4096x4096": [
             data_url(png_bytes(Image.new("RGBA", (largest, largest), (9, 9, 9, 90))))
         ],
-        "accepted: deflated 16-bit DICOM of 5016x5016": [
+        "accepted: deflated 16-bit DICOM of 4096x4096": [
             data_url(dicom_bytes(largest, largest, deflated=True), "application/dicom")
         ],
-        "accepted: PDF page of 5016x5016 at 144 dpi": [data_url(pdf_bytes(1, largest / 2, largest / 2))],
+        "accepted: PDF page of 4096x4096 at 144 dpi": [data_url(pdf_bytes(1, largest / 2, largest / 2))],
     }
     settings = SERVER_DEFAULTS
     limits = {
@@ -548,7 +548,7 @@ def test_peak_memory_of_each_hostile_request_stays_under_400_mb(
 @needs_peak_reset
 def test_the_largest_request_the_defaults_accept_stays_under_400_mb_end_to_end(tmp_path, tiny_path):
     """Decoding, the processor and generation together, on the tiny model, with the default limits."""
-    width, height = 6144, 4096  # exactly the default 24 M pixels, RGBA: the costliest to decode
+    width, height = 4096, 4096  # exactly the default 16 M pixels, RGBA: the costliest to decode
     assert width * height == SERVER_DEFAULTS.max_request_pixels
     image = png_bytes(Image.new("RGBA", (width, height), (9, 9, 9, 90)))
     figure = measure(_SERVE_REQUEST, image_request(data_url(image)), tmp_path)
