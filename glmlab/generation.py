@@ -186,36 +186,70 @@ class Stream:
     """Text pieces of an answer as they are generated; `answer` holds the final Answer afterwards.
 
     Iterate it (`for piece in vlm.stream(...)`), call `stop()` to end generation early (what was
-    generated is kept), and read `answer` (blocks until generation ends).
+    generated is kept), and read `answer` (blocks until generation ends). With `run`, the stream runs
+    it in its own thread; without, whoever generates (a batch of rows, `glmlab.rows`) calls `finish`
+    or `fail`.
     """
 
     def __init__(
         self,
-        run: Callable[[TextClock, threading.Event], Answer],
+        run: Callable[[TextClock, threading.Event], Answer] | None,
         streamer: TextClock,
         stops: list[str] | None = None,
     ) -> None:
-        self._streamer = streamer
+        self.clock = streamer
         self._stops = stops or []
-        self._stop = threading.Event()
+        self.stop_event = threading.Event()
+        self._done = threading.Event()
+        self._done_callbacks: list[Callable[[], None]] = []
+        self._callbacks_lock = threading.Lock()
         self._answer: Answer | None = None
         self._error: BaseException | None = None
         self._consumed = False
         self.text = ""
-        self._thread = threading.Thread(target=self._work, args=(run,), daemon=True, name="glmlab-generate")
-        self._thread.start()
+        if run is not None:
+            threading.Thread(target=self._work, args=(run,), daemon=True, name="glmlab-generate").start()
 
     def _work(self, run: Callable[[TextClock, threading.Event], Answer]) -> None:
         try:
-            self._answer = run(self._streamer, self._stop)
+            self.finish(run(self.clock, self.stop_event))
         except BaseException as error:  # re-raised in the consumer's thread
-            self._error = error
-            self._streamer.end()
+            self.fail(error)
+
+    def finish(self, answer: Answer) -> None:
+        """The answer is complete (its streamer has ended)."""
+        self._answer = answer
+        self._set_done()
+
+    def fail(self, error: BaseException) -> None:
+        """Generation failed: readers get `error`."""
+        self._error = error
+        self.clock.end()
+        self._set_done()
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the generating thread) once generation has ended; now if it has."""
+        with self._callbacks_lock:
+            if not self._done.is_set():
+                self._done_callbacks.append(callback)
+                return
+        callback()
+
+    def _set_done(self) -> None:
+        with self._callbacks_lock:
+            self._done.set()
+            callbacks, self._done_callbacks = self._done_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def __iter__(self) -> Iterator[str]:
         if not self._consumed:
             held, stopped = "", False
-            for piece in self._streamer:  # read to the end even after a stop string: generation ends there
+            for piece in self.clock:  # read to the end even after a stop string: generation ends there
                 if stopped or not piece:
                     continue
                 ready, held, stopped = split_at_stop(held + piece, self._stops)
@@ -226,16 +260,16 @@ class Stream:
                 self.text += held
                 yield held
             self._consumed = True
-        self._thread.join()
+        self._done.wait()
         if self._error is not None:
             raise self._error
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stop_event.set()
 
-    def wait(self) -> None:
-        """Block until generation has ended (the model is free again), whether or not it was read."""
-        self._thread.join()
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until generation has ended (the model is done with it), whether or not it was read."""
+        return self._done.wait(timeout)
 
     @property
     def answer(self) -> Answer:

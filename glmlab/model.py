@@ -9,6 +9,8 @@ by `glmlab.generation`, and answers parsed by `glmlab.answer`; this module only 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from glmlab import batching, prompts
+from glmlab import batching, prompts, rows
 from glmlab.adapters import AdapterSet
 from glmlab.answer import Answer, Timing, Usage
 from glmlab.errors import GlmlabError, InputError, ModelLoadError
@@ -223,17 +226,43 @@ class VLM:
     ) -> Stream:
         """Like `chat`, streamed. Bad input (a prompt over the context too) raises here, before any
         thread starts."""
+        request = self.open_request(
+            messages,
+            thinking=thinking,
+            adapter=adapter,
+            max_image_pixels=max_image_pixels,
+            max_model_len=max_model_len,
+            **gen,
+        )
+        cache = self._cache_for(cache)
+        return Stream(
+            lambda clock, stop: self._generate(
+                request.prompt, request.settings, request.config, adapter, clock, stop, cache
+            ),
+            self.text_clock(),
+            request.settings.stop,
+        )
+
+    def open_request(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        thinking: bool | None = None,
+        adapter: AdapterChoice = DEFAULT_ADAPTER,
+        max_image_pixels: int | None = None,
+        max_model_len: int | None = None,
+        **gen: Any,
+    ) -> rows.Request:
+        """A checked, prepared request (settings, adapter, prompt, context fit): bad input raises here."""
         settings = GenerationSettings(**gen)
         self._check_requested_adapter(adapter)
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
         config = self.fit_context(prompt.prompt_tokens, settings, max_model_len)
-        streamer = TextClock(self.tokenizer, self.hidden_token_ids)
-        cache = self._cache_for(cache)
-        return Stream(
-            lambda clock, stop: self._generate(prompt, settings, config, adapter, clock, stop, cache),
-            streamer,
-            settings.stop,
-        )
+        return rows.Request(prompt, settings, config, adapter)
+
+    def text_clock(self) -> TextClock:
+        """A streamer for one answer: text pieces, the first token's time, structural tokens hidden."""
+        return TextClock(self.tokenizer, self.hidden_token_ids)
 
     def fit_context(
         self, prompt_tokens: int, settings: GenerationSettings, max_model_len: int | None = None
@@ -444,6 +473,128 @@ class VLM:
             return self._generate(item.prompt, settings, config, adapter, TokenClock(), None)
         except (GlmlabError, RuntimeError, ValueError) as error:
             return Answer(text="", finish_reason="error", error=f"{type(error).__name__}: {error}")
+
+    # ---- rows: independent requests in one generate call (the server's batches; glmlab.rows) --------
+
+    def can_share_batch(self, adapters: list[AdapterChoice]) -> bool:
+        """Whether requests for these adapters may run as rows of one batch: always for one adapter,
+        for several when peft can mix them (`AdapterSet.can_mix`)."""
+        return len({self._resolved_adapter(adapter) for adapter in adapters}) <= 1 or self._adapters.can_mix()
+
+    def generate_rows(self, batch: list[rows.Row]) -> None:
+        """Generate independent requests together; each row's stream gets its own tokens and Answer.
+
+        Rows stopped while they waited finish empty; a row whose adapter is gone fails alone; a lone
+        row takes the one-request path (with the prefix cache); a batch that fails before its first
+        token answers its rows one by one, so one bad row loses only itself.
+        """
+        live = []
+        for row in batch:
+            if not row.started.is_set():
+                row.mark_started()
+            try:
+                self._check_requested_adapter(row.request.adapter)
+            except GlmlabError as error:
+                row.stream.fail(error)
+                continue
+            if row.stopped:
+                now = time.perf_counter()
+                rows.finished_answer(row, self._row_answer(row, [], now, now))
+            else:
+                live.append(row)
+        if len(live) == 1:
+            self._generate_row_alone(live[0])
+        elif live:
+            self._generate_row_batch(live)
+
+    def _generate_row_alone(self, row: rows.Row) -> None:
+        request = row.request
+        settings = request.settings
+        if row.seed != settings.seed:
+            settings = dataclasses.replace(settings, seed=row.seed)
+        try:
+            answer = self._generate(
+                request.prompt,
+                settings,
+                request.config,
+                request.adapter,
+                row.clock,
+                row.stream.stop_event,
+                self.prefix_cache,
+            )
+        except BaseException as error:  # the row's reader re-raises it
+            row.stream.fail(error)
+            return
+        row.stream.finish(answer)
+
+    def _generate_row_batch(self, live: list[rows.Row]) -> None:
+        features = [row.request.prompt.features for row in live]
+        inputs = self._to_device(batching.collate_left_padded(features, self.tokenizer.pad_token_id))
+        width = inputs["input_ids"].shape[1]
+        pads = [width - feature["input_ids"].shape[1] for feature in features]
+        start = time.perf_counter()
+
+        def finish(index: int, new_ids: list[int]) -> None:
+            rows.finished_answer(
+                live[index], self._row_answer(live[index], new_ids, start, time.perf_counter())
+            )
+
+        stops = rows.RowStops(live, width, self.eos_token_ids, self._visible_text, finish)
+        try:
+            with (
+                self.lock,
+                self._row_adapters(live),
+                torch.inference_mode(),
+                interruptible(self.model, rows.AllStopped(live), live[0].clock),
+            ):
+                output = self.model.generate(
+                    **inputs,
+                    generation_config=self._batch_config(live),
+                    logits_processor=LogitsProcessorList([rows.RowSampler(live, pads)]),
+                    stopping_criteria=StoppingCriteriaList([stops]),
+                )
+        except Interrupted:  # every row was stopped during the prefill
+            output = None
+        except (RuntimeError, ValueError) as error:
+            if any(row.clock.first_token_time is not None for row in live):
+                for index, row in enumerate(live):
+                    if not stops.done[index]:
+                        row.stream.fail(error)
+                return
+            logger.warning("a batch of %d rows failed (%s); generating them one by one", len(live), error)
+            for row in live:
+                self._generate_row_alone(row)
+            return
+        for index in range(len(live)):
+            if not stops.done[index]:
+                finish(index, [] if output is None else output[index, width:].tolist())
+
+    def _batch_config(self, live: list[rows.Row]) -> Any:
+        """One GenerationConfig for the batch: greedy over RowSampler's choices, long enough for the
+        longest row (each row's own limits are RowStops')."""
+        config = copy.deepcopy(live[0].request.config)
+        config.do_sample = False
+        config.temperature, config.top_p, config.top_k, config.repetition_penalty = 1.0, 1.0, 50, 1.0
+        config.max_new_tokens = max(row.request.config.max_new_tokens for row in live)
+        return config
+
+    def _row_adapters(self, live: list[rows.Row]):
+        names = [self._resolved_adapter(row.request.adapter) for row in live]
+        if len(set(names)) == 1:
+            return self.using_adapter(names[0])
+        return self._adapters.mixed(names)
+
+    def _resolved_adapter(self, adapter: AdapterChoice) -> str | None:
+        return self.active_adapter if adapter is DEFAULT_ADAPTER else adapter
+
+    def _row_answer(self, row: rows.Row, new_ids: list[int], start: float, end: float) -> Answer:
+        request = row.request
+        return self.decode_answer(
+            new_ids, request.prompt, request.settings, start, row.clock.first_token_time, end, request.adapter
+        )
+
+    def _visible_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([token for token in ids if token not in self.hidden_token_ids])
 
     def decode_answer(
         self,

@@ -96,7 +96,7 @@ def test_reasoning_goes_to_reasoning_content():
     body = completion_body(
         "id",
         "m",
-        Answer.from_raw("<think>\nlooks red\n</think>\nRed <|begin_of_box|>[1,2,3,4]<|end_of_box|>"),
+        [Answer.from_raw("<think>\nlooks red\n</think>\nRed <|begin_of_box|>[1,2,3,4]<|end_of_box|>")],
     )
     message = body["choices"][0]["message"]
     assert message["reasoning_content"] == "looks red"
@@ -127,7 +127,7 @@ def test_thinking_router_routes_streamed_pieces_and_tags_split_across_pieces():
     ],
 )
 def test_streamed_deltas_add_up_to_the_non_streamed_message(raw):
-    message = completion_body("id", "tiny", Answer.from_raw(raw))["choices"][0]["message"]
+    message = completion_body("id", "tiny", [Answer.from_raw(raw)])["choices"][0]["message"]
     for size in (1, 3, 7):  # tags split across pieces at every position
         router = ThinkingRouter()
         pieces = [raw[i : i + size] for i in range(0, len(raw), size)]
@@ -158,7 +158,7 @@ def test_bad_json_is_400_in_openai_shape(client):
             "messages.0.content.0",
         ),
         ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 65}, "n"),
     ],
 )
 def test_schema_errors_are_400_naming_the_field(client, body, param):

@@ -53,7 +53,7 @@ def test_a_temperature_near_zero_samples_as_0_01_instead_of_overflowing(served_v
     assert tiny.raw == floor.raw and tiny.usage.completion_tokens == 5
     response = post(client, temperature=1e-300, seed=3, max_tokens=5)
     assert response.status_code == 200, response.text
-    assert response.json()["choices"] == completion_body("id", "tiny", floor)["choices"]
+    assert response.json()["choices"] == completion_body("id", "tiny", [floor])["choices"]
 
 
 @pytest.mark.parametrize(

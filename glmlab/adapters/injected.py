@@ -10,9 +10,10 @@ others, verified, and only then given its public name; on any failure every trac
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class AdapterSet:
         self.slots: dict[str, str] = {}
         self._slot_ids = itertools.count()
         self.version = 0
+        self._mixable, self._mixable_version = True, -1
 
     @property
     def model(self) -> Any:
@@ -82,6 +84,36 @@ class AdapterSet:
             self.peft, self.active = None, None
             return
         self.activate(None if self.active == name else self.active)
+
+    def can_mix(self) -> bool:
+        """Whether rows for different adapters (and the base model) may share one batch (peft's mixed
+        adapter batches). peft splits each adapted layer's input by sample, so no loaded adapter may
+        adapt the vision tower (its input is every image's patches, not one row per sample) or train
+        whole modules (modules_to_save wrappers pass other adapters' rows through unchanged)."""
+        if self.peft is None:
+            return True
+        if self._mixable_version != self.version:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+            from peft.utils.other import AuxiliaryTrainingWrapper
+
+            self._mixable = not any(
+                isinstance(module, AuxiliaryTrainingWrapper)
+                or (isinstance(module, BaseTunerLayer) and ".visual." in f".{name}.")
+                for name, module in self.model.named_modules()
+            )
+            self._mixable_version = self.version
+        return self._mixable
+
+    @contextlib.contextmanager
+    def mixed(self, names: list[str | None]) -> Iterator[None]:
+        """Run a batch whose row i uses adapter names[i] (None: the base model); see `can_mix`."""
+        slots = [self.slots[name] if name is not None else "__base__" for name in names]
+        self.peft.base_model.enable_adapter_layers()
+        try:
+            with self.peft.base_model._enable_peft_forward_hooks(adapter_names=slots):
+                yield
+        finally:
+            self.activate(self.active)
 
     def check(self, name: str) -> None:
         """An AdapterError naming the loaded adapters unless `name` is one of them."""

@@ -34,9 +34,10 @@ from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glmlab.errors import GlmlabError
+from glmlab.rows import Row
 from glmlab.serve import errors, schemas
 from glmlab.serve.errors import APIError
-from glmlab.serve.host import ModelHost, Ticket
+from glmlab.serve.host import ModelHost, Ticket, wait_for_thread_event
 from glmlab.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -259,26 +260,30 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
         adapter = host.resolve_model(request.model)
         model_name = request.model or host.base_name
         deadline = anyio.current_time() + host.settings.timeout_s
+        _check_choices(request.n, host.settings)
         ticket = host.admit()
         try:
-            stream = await _start_generation(host, ticket, request, adapter, deadline)
+            streams = await _start_generation(host, ticket, request, adapter, deadline)
         except BaseException:
             ticket.close()
             raise
         if request.stream:
-            events = _events(stream, schemas.new_completion_id(), model_name, request.include_usage, deadline)
+            events = _events(
+                streams, schemas.new_completion_id(), model_name, request.include_usage, deadline
+            )
             return EventStreamResponse(
                 events,
-                generated=partial(_end_generation, stream, ticket),
+                generated=ticket.finish_generation,
                 cleanup=ticket.close,
                 send_timeout_s=host.settings.send_timeout_s,
             )
         try:
-            answer = await _finish(stream, deadline)
+            answers = await _finish(streams, deadline)
         finally:
-            await _end_generation(stream, ticket)
+            with anyio.CancelScope(shield=True):
+                await ticket.finish_generation()
             ticket.close()
-        return JSONResponse(schemas.completion_body(schemas.new_completion_id(), model_name, answer))
+        return JSONResponse(schemas.completion_body(schemas.new_completion_id(), model_name, answers))
 
 
 def _document_errors_as_answered(app: FastAPI) -> None:
@@ -301,17 +306,28 @@ def _document_errors_as_answered(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _check_choices(n: int, settings: ServerSettings) -> None:
+    if n > settings.max_n:
+        raise APIError(
+            400,
+            f"n={n} asks for more choices than this server gives one request ({settings.max_n}, --max-n).",
+            code="invalid_value",
+            param="n",
+        )
+
+
 async def _start_generation(
     host: ModelHost,
     ticket: Ticket,
     request: schemas.ChatCompletionRequest,
     adapter: str | None,
     deadline: float,
-) -> Any:
-    """Decode the images, wait for the model, start generating: a `glmlab.generation.Stream`.
+) -> list[Any]:
+    """Decode the images, check and prepare the request, queue one row per choice and wait for their
+    batch to start: the rows' streams (`glmlab.generation.Stream`).
 
     Raises APIError 400 for bad input (before queueing), 503 when other requests' images fill the decode
-    memory, 504 when the deadline passes in the queue.
+    memory, 429 after --max-queue-wait, 504 when the deadline passes in the queue.
     """
     settings = host.settings
     messages = await run_in_threadpool(
@@ -323,35 +339,36 @@ async def _start_generation(
         max_frames=settings.max_images,
         budget=ticket.images,  # released when the ticket closes, with the request
     )
-    with anyio.move_on_after(deadline - anyio.current_time()) as scope:
-        await ticket.start_generation()
-    if scope.cancelled_caught:
-        raise _timeout("waiting in the queue")
-    start = partial(
-        host.vlm.chat_stream,
-        messages,
-        thinking=request.thinking,
-        adapter=adapter,
-        max_image_pixels=settings.max_image_pixels,
-        max_model_len=settings.max_model_len,
-        **request.generation_options(),
+    prepared = await run_in_threadpool(
+        partial(
+            host.vlm.open_request,
+            messages,
+            thinking=request.thinking,
+            adapter=adapter,
+            max_image_pixels=settings.max_image_pixels,
+            max_model_len=settings.max_model_len,
+            **request.generation_options(),
+        )
     )
-    return await run_in_threadpool(start)
+    rows = [
+        Row.open(prepared, host.vlm.text_clock(), _choice_seed(prepared.settings.seed, index))
+        for index in range(request.n)
+    ]
+    await ticket.start_generation(rows, deadline)
+    return [row.stream for row in rows]
 
 
-async def _end_generation(stream: Any, ticket: Ticket) -> None:
-    """Stop generating (a no-op once finished; a prefill stops between two layers), wait until the
-    model is free, then free the generation slot."""
-    stream.stop()
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(stream.wait)
-    ticket.end_generation()
+def _choice_seed(seed: int | None, index: int) -> int | None:
+    """Choice i of a seeded request samples with seed + i: the choices differ, and each is reproducible."""
+    return None if seed is None else seed + index
 
 
-async def _finish(stream: Any, deadline: float) -> Any:
-    """The stream's Answer, or 504 when the deadline passes first."""
+async def _finish(streams: list[Any], deadline: float) -> list[Any]:
+    """The streams' Answers, or 504 when the deadline passes first."""
     with anyio.move_on_after(deadline - anyio.current_time()):
-        return await anyio.to_thread.run_sync(lambda: stream.answer, abandon_on_cancel=True)
+        for stream in streams:
+            await wait_for_thread_event(stream.add_done_callback)
+        return [stream.answer for stream in streams]
     raise _timeout("generating")
 
 
@@ -379,23 +396,28 @@ async def _pieces(stream: Any, deadline: float) -> AsyncIterator[str]:
 
 
 async def _events(
-    stream: Any, completion_id: str, model: str, include_usage: bool, deadline: float
+    streams: list[Any], completion_id: str, model: str, include_usage: bool, deadline: float
 ) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format: role, content/reasoning deltas, finish, usage, [DONE]."""
+    """Server-sent events in OpenAI's chunk format: role, content/reasoning deltas, finish, usage, [DONE].
+
+    With several choices (n), each choice's events follow the previous choice's (each chunk names
+    its index); all of them generate together.
+    """
     created = int(time.time())
-    chunk = partial(schemas.chunk_body, completion_id, created, model)
-    router = schemas.ThinkingRouter()
-    yield _sse(chunk({"role": "assistant", "content": ""}))
     try:
-        async for piece in _pieces(stream, deadline):
-            for field, text in router.feed(piece):
+        for index, stream in enumerate(streams):
+            chunk = partial(schemas.chunk_body, completion_id, created, model, index=index)
+            router = schemas.ThinkingRouter()
+            yield _sse(chunk({"role": "assistant", "content": ""}))
+            async for piece in _pieces(stream, deadline):
+                for field, text in router.feed(piece):
+                    yield _sse(chunk({field: text}))
+            for field, text in router.flush():
                 yield _sse(chunk({field: text}))
-        for field, text in router.flush():
-            yield _sse(chunk({field: text}))
-        answer = stream.answer
-        yield _sse(chunk({}, answer.finish_reason))
+            yield _sse(chunk({}, stream.answer.finish_reason))
         if include_usage:
-            yield _sse(schemas.usage_chunk_body(completion_id, created, model, answer))
+            answers = [stream.answer for stream in streams]
+            yield _sse(schemas.usage_chunk_body(completion_id, created, model, answers))
     except APIError as error:  # headers are sent: errors travel as an event
         yield _sse(error.body())
     except GlmlabError as error:

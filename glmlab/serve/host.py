@@ -1,15 +1,16 @@
 """`ModelHost`: the one model behind the server, and the rules for reaching it.
 
 It loads the model in a background thread (the server answers 503 until it is ready), admits at most
-`max_concurrency` requests (queued + running; more get 429), lets one generation run at a time (the
-VLM's lock would serialise them anyway; queueing here, on the event loop, makes the wait cancellable
-and the queue countable), and guards run-time adapter loading: safetensors folders under the allowed
+`max_concurrency` requests (queued + running; more get 429), hands their rows to the `Batcher` (one
+generation thread; requests that wait together run together) and guards run-time adapter loading: safetensors folders under the allowed
 roots only, symlinks resolved, no `..`; each load (or replacement) is a transaction of `VLM.load_adapter`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ import anyio
 from glmlab.adapters import check_adapter_folder, check_adapter_name
 from glmlab.errors import AdapterError, GlmlabError
 from glmlab.images import DecodeMemory, ImageBudget
+from glmlab.rows import Row
+from glmlab.serve.batcher import Batcher
 from glmlab.serve.errors import APIError, model_not_found
 from glmlab.serve.settings import ServerSettings
 
@@ -32,32 +35,68 @@ DECODE_WAIT_S = 5.0  # how long a request waits for decode memory other requests
 
 
 class Ticket:
-    """One admitted request: holds a queue place, its images' decode memory, then the generation slot
-    while the model works for it.
+    """One admitted request: holds a queue place, its images' decode memory, then its rows (one per
+    choice) while they wait for and run in a batch (`glmlab.serve.batcher`).
 
-    `end_generation` frees the slot as soon as the model is done (a slow client still reading its
-    stream does not hold it); `close` frees whatever the ticket still holds.
+    `end_generation` marks the model done with the request (a slow client still reading its stream
+    does not count as running); `close` frees whatever the ticket still holds.
     """
 
     def __init__(self, host: ModelHost) -> None:
         self.host = host
+        self.rows: list[Row] = []
         self.generating = False
         self.sending = False  # generated, its response still being sent
         self.closed = False
         self.images = host.image_budget()
 
-    async def start_generation(self) -> None:
-        """Wait (cancellably) for the model; one ticket generates at a time."""
-        await self.host.generation_slot.acquire()
+    async def start_generation(self, rows: list[Row], deadline: float) -> None:
+        """Queue the rows for the next batch with room and wait (cancellably) until it starts.
+
+        Raises APIError 429 (with Retry-After) after --max-queue-wait, 504 at the request's deadline;
+        either way the rows leave the queue.
+        """
+        host = self.host
+        self.rows = rows
+        host.batcher.submit(rows)
+        left, limit = deadline - anyio.current_time(), host.settings.max_queue_wait_s
+        started = await wait_for_thread_event(
+            lambda done: host.batcher.on_start(rows, done), min(left, limit)
+        )
+        if not started and host.batcher.withdraw(rows):
+            if left <= limit:
+                raise APIError(
+                    504,
+                    "the request timed out while waiting in the queue (the server's limit is set with "
+                    "--timeout); ask for fewer tokens or retry when the server is less busy.",
+                    code="timeout",
+                )
+            raise APIError(
+                429,
+                f"the server is busy: the request waited {limit:g} s (--max-queue-wait) without a place "
+                "in a batch; retry later.",
+                code="queue_timeout",
+                headers={"Retry-After": "5"},
+            )
         self.generating = True
-        self.host.running += 1
+        host.running += 1
+
+    async def finish_generation(self) -> None:
+        """Stop the rows (a no-op once finished; a prefill stops between two layers), wait until the
+        model is done with them, then count the request as generated."""
+        for row in self.rows:
+            row.stream.stop()
+        if self.rows and not self.host.batcher.withdraw(self.rows):
+            with anyio.CancelScope(shield=True):
+                for row in self.rows:
+                    await wait_for_thread_event(row.stream.add_done_callback)
+        self.end_generation()
 
     def end_generation(self) -> None:
-        """The model is done with this request: free the slot (its response may still be sending)."""
+        """The model is done with this request (its response may still be sending)."""
         if self.generating:
             self.generating = False
             self.host.running -= 1
-            self.host.generation_slot.release()
             self.sending = True
             self.host.sending += 1
 
@@ -65,12 +104,30 @@ class Ticket:
         if self.closed:
             return
         self.closed = True
+        for row in self.rows:  # rows still queued (an error before they started) leave the queue
+            row.stream.stop()
+        if self.rows:
+            self.host.batcher.withdraw(self.rows)
         self.end_generation()
         self.images.release()
         self.host.admitted -= 1
         if self.sending:
             self.sending = False
             self.host.sending -= 1
+
+
+async def wait_for_thread_event(
+    register: Callable[[Callable[[], None]], None], timeout_s: float | None = None
+) -> bool:
+    """Wait on the event loop, holding no worker thread, until another thread calls the callback that
+    `register` hands over; False when `timeout_s` passes first."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+    register(lambda: loop.call_soon_threadsafe(event.set))
+    with anyio.move_on_after(timeout_s if timeout_s is not None else math.inf):
+        await event.wait()
+        return True
+    return False
 
 
 class ModelHost:
@@ -84,7 +141,7 @@ class ModelHost:
         self.admitted = 0  # queued + running + sending; only touched on the event loop
         self.running = 0
         self.sending = 0
-        self.generation_slot = anyio.Semaphore(1)
+        self.batcher = Batcher(lambda: self.vlm, settings.max_batch_size)
         self.decode_memory = DecodeMemory(settings.decode_memory_bytes)  # shared by all requests
         if vlm is not None:
             self._load_start_adapters(vlm)

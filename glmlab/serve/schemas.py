@@ -22,6 +22,7 @@ MAX_URL_CHARS = 200_000_000  # a data URL; again bounded by the body limit first
 MAX_PARTS = 64
 MAX_MESSAGES = 256
 MAX_NEW_TOKENS = 131_072  # GLM-4.6V's context length
+MAX_CHOICES = 64  # OpenAI's n: a schema bound; the server's own, lower cap is --max-n
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
@@ -86,7 +87,7 @@ class ChatCompletionRequest(_Strict):
     stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)  # the server's own cap is --max-n
     chat_template_kwargs: ChatTemplateKwargs | None = None
     user: Name | None = None  # accepted for compatibility with OpenAI clients; not used
 
@@ -132,52 +133,61 @@ def new_completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
 
 
-def usage_body(answer: Answer) -> dict[str, Any]:
-    usage = answer.usage
+def usage_body(answers: list[Answer]) -> dict[str, Any]:
+    """Usage of a request's choices: the prompt counted once, the completions summed (as OpenAI does)."""
+    first = answers[0].usage
+    completion = sum(answer.usage.completion_tokens for answer in answers)
     return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"image_tokens": usage.image_tokens},
+        "prompt_tokens": first.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": first.prompt_tokens + completion,
+        "prompt_tokens_details": {"image_tokens": first.image_tokens},
     }
 
 
-def completion_body(completion_id: str, model: str, answer: Answer) -> dict[str, Any]:
+def completion_body(completion_id: str, model: str, answers: list[Answer]) -> dict[str, Any]:
     """A chat.completion: reasoning and answer apart, box tags kept in the content (as vLLM does)."""
-    reasoning, content = split_thinking(answer.raw)
-    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}
-        ],
-        "usage": usage_body(answer),
+        "choices": [_choice(index, answer) for index, answer in enumerate(answers)],
+        "usage": usage_body(answers),
     }
 
 
+def _choice(index: int, answer: Answer) -> dict[str, Any]:
+    reasoning, content = split_thinking(answer.raw)
+    message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    return {"index": index, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}
+
+
 def chunk_body(
-    completion_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
+    completion_id: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    index: int = 0,
 ) -> dict[str, Any]:
     return {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
     }
 
 
-def usage_chunk_body(completion_id: str, created: int, model: str, answer: Answer) -> dict[str, Any]:
+def usage_chunk_body(completion_id: str, created: int, model: str, answers: list[Answer]) -> dict[str, Any]:
     return {
         "id": completion_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "choices": [],
-        "usage": usage_body(answer),
+        "usage": usage_body(answers),
     }
 
 

@@ -150,7 +150,25 @@ class ServerSettings:
         20 * 1024 * 1024, "Refuse request bodies larger than this (413).", _at_least(1024)
     )
     max_concurrency: int = _option(
-        8, "Requests queued plus running; beyond it requests get 429.", _at_least(1)
+        32, "Requests queued plus running; beyond it requests get 429.", _at_least(1)
+    )
+    max_batch_size: int = _option(
+        8,
+        "Most requests (rows: each of OpenAI's n choices is one) generated together in one batch; "
+        "requests that arrive while a batch runs form the next one. 1 turns batching off.",
+        _at_least(1),
+    )
+    max_queue_wait_s: float = _option(
+        60.0,
+        "Seconds a request may wait for a place in a batch before 429 with Retry-After.",
+        _positive(),
+        flag="--max-queue-wait",
+    )
+    max_n: int = _option(
+        4,
+        "Most choices (OpenAI's n) one request may ask for; they run as rows of one batch, so at most "
+        "--max-batch-size.",
+        _at_least(1),
     )
     timeout_s: float = _option(
         300.0,
@@ -269,15 +287,18 @@ class ServerSettings:
 
     def extra_problems(self) -> list[tuple[str, str]]:
         """Checks that span fields (glmlab.config.problems calls this)."""
+        found = []
         floor = max(self.max_loras or 1, len(self.adapters), 1)
         if self.max_cpu_loras is not None and (not is_int(self.max_cpu_loras) or self.max_cpu_loras < floor):
-            return [
+            found.append(
                 (
                     f"max_cpu_loras={self.max_cpu_loras!r}",
                     "must be at least max_loras and the number of adapters (or unset)",
                 )
-            ]
-        return []
+            )
+        if is_int(self.max_n) and is_int(self.max_batch_size) and self.max_n > self.max_batch_size:
+            found.append((f"max_n={self.max_n!r}", f"must be at most max_batch_size ({self.max_batch_size})"))
+        return found
 
     def _check_auth(self) -> None:
         """An empty key would switch authentication off; beyond loopback a key (or no_auth) is required."""

@@ -62,6 +62,9 @@ VLLM_IGNORES = (
     "max_decode_mb",
     "max_request_bytes",
     "max_concurrency",
+    "max_batch_size",
+    "max_queue_wait_s",
+    "max_n",
     "timeout_s",
     "send_timeout_s",
 )
