@@ -223,11 +223,13 @@ def test_thinking_streams_into_a_collapsible_block(open_page, thinking_server, s
     block.locator("summary").click()
     assert not block.locator(".thinking-text").is_visible()
 
-    script(scripted, "red")  # thinking off: the model answers at once, and the page shows no block
+    script(scripted, "<img src=x>")  # thinking off: the model answers at once, and the page shows no block
     page.uncheck("#thinking")
     assert ask(page, "Again?")["chat_template_kwargs"] == {"enable_thinking": False}
     wait_for_status(page, "Done")
     assert page.locator(".turn >> nth=-1 >> .thinking").is_hidden()
+    assert last_turn(page, "answer") == "<img src=x>"  # markup from the model is shown as text
+    assert page.locator(".answer img").count() == 0
 
 
 def test_stop_keeps_the_partial_answer_and_frees_the_model(open_page, server):
