@@ -5,6 +5,7 @@
   checkpoint, target modules anchored to the language model (optionally one vision module too), so
   that base, adapter A and adapter B answer differently under greedy decoding.
 - Servers: `API_KEY`, `data_url`, `image_message`, `GREEDY` (OpenAI field names).
+- Browser tests: `CHROMIUM` (Debian's chromium, driven by Playwright) and `CHROMIUM_ARGS`.
 - Eval: `EVAL_DIR`, `shapes_suite`, `QUIET`, `script` (sets the scripted tiny model's greedy answer; the
   `scripted` fixture is that model), and a local copy of DocVQA's hub layout (`write_docvqa_copy`,
   `docvqa_rows`).
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -26,6 +28,17 @@ API_KEY = "test-key-0123456789"
 TEXT_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate_up|down)_proj)"
 VISION_TARGETS = r".*visual\.blocks\.\d+\.attn\.qkv"
 GREEDY = {"temperature": 0, "max_tokens": 6}
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # scripts/install-browser.sh installs it
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def make_adapter(

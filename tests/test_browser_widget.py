@@ -21,22 +21,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import scene
+from support import CHROMIUM, CHROMIUM_ARGS, scene
 
 REPO = Path(__file__).parent.parent
 NOTEBOOK = REPO / "notebooks" / "02_vqa_widget.ipynb"
 SCREENSHOT = REPO / "outputs" / "browser" / "vqa_widget.png"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMING = re.compile(
     r"first token \d+\.\d\d s · total \d+\.\d\d s · \d+\.\d tokens/s · tokens in \d+ \(\d+ image\) / out \d+"
 )

@@ -49,9 +49,10 @@ def serve_command(ctx: typer.Context, engine: str, dry_run: bool, **values: Any)
         from glmlab.serve import serve
 
         quiet_transformers()
+        address = f"http://{settings.host}:{settings.port}"
         typer.echo(
-            f"loading {settings.model!r} in the background; GET http://{settings.host}:{settings.port}/health "
-            "says when it is ready.",
+            f"loading {settings.model!r} in the background; GET {address}/health says when it is ready; "
+            f"the chat page is {address}/",
             err=True,
         )
         serve(settings)

@@ -4,12 +4,14 @@ The factory takes settings (the model loads in a background thread) or an alread
 notebook's, a test's), so tests build the app in-process and `glmlab serve` runs the same app under
 uvicorn. Blocking model work runs in worker threads; the event loop only routes, queues and streams.
 Routes: POST /v1/chat/completions, GET /v1/models, GET /health, POST /v1/load_lora_adapter,
-POST /v1/unload_lora_adapter (the last two as vLLM names them).
+POST /v1/unload_lora_adapter (the last two as vLLM names them), and GET / with its two files under
+/static/: the chat page (`glmlab.serve.page`), a client of the routes above.
 
 Before a route runs, middleware checks, in this order: the Host header (400 unless a loopback name,
 the listening address or --allowed-host: a web page cannot reach the server by DNS rebinding), the
-API key (401), a JSON Content-Type on POST bodies (415: a browser's cross-site "simple" request
-cannot carry one without a CORS preflight, which this server never grants) and the body size (413).
+API key (401; not asked for /health and the page's files, which hold no secret), a JSON Content-Type
+on POST bodies (415: a browser's cross-site "simple" request cannot carry one without a CORS
+preflight, which this server never grants) and the body size (413).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from glmlab.rows import Row
 from glmlab.serve import errors, schemas
 from glmlab.serve.errors import APIError
 from glmlab.serve.host import ModelHost, Ticket, wait_for_thread_event
+from glmlab.serve.page import add_page, is_page_request
 from glmlab.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ def create_app(
     app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.trusted_hosts())
     errors.install(app)
     _add_routes(app, host)
+    add_page(app)
     _document_errors_as_answered(app)
     return app
 
@@ -144,14 +148,15 @@ class JSONContentTypeMiddleware:
 
 
 class APIKeyMiddleware:
-    """401 on every route but /health without `Authorization: Bearer <key>`, before the body is read."""
+    """401 on every route but /health and the page's files without `Authorization: Bearer <key>`,
+    before the body is read."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
         self.key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
+        if scope["type"] == "http" and scope["path"] != "/health" and not is_page_request(scope):
             scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
                 error = APIError(
