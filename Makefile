@@ -27,7 +27,7 @@ lab: install
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks
 
 bench: install
-	cd eval/bench && for b in overhead prefix_cache batching server training; do \
+	cd eval/bench && for b in overhead prefix_cache batching server serving training; do \
 		echo "== $$b"; ../../$(BIN)/python $$b.py || exit 1; done
 	cd eval/bench && ../../$(BIN)/python gpu.py
 

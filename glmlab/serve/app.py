@@ -443,7 +443,7 @@ class EventStreamResponse(StreamingResponse):
     """A text/event-stream response whose generation runs ahead of the client.
 
     Events are buffered as they are made (one answer's worth: at most max_tokens small pieces), so
-    `generated` (stop generating, wait for the model, free the generation slot) runs as soon as the
+    `generated` (stop generating, wait until the model is done with the request) runs as soon as the
     model is done, not when a slow client has read everything. Each send must finish within
     `send_timeout_s`, or the stream is dropped and the connection closed: a stalled reader loses its
     own stream, not other users' requests. `generated` and `cleanup` (free the queue place) always

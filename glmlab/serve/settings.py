@@ -166,8 +166,8 @@ class ServerSettings:
     )
     max_n: int = _option(
         4,
-        "Most choices (OpenAI's n) one request may ask for; they run as rows of one batch, so at most "
-        "--max-batch-size.",
+        "Most choices (OpenAI's n) one request may ask for; they run as rows of one batch (of several "
+        "when n is above --max-batch-size).",
         _at_least(1),
     )
     timeout_s: float = _option(
@@ -296,8 +296,6 @@ class ServerSettings:
                     "must be at least max_loras and the number of adapters (or unset)",
                 )
             )
-        if is_int(self.max_n) and is_int(self.max_batch_size) and self.max_n > self.max_batch_size:
-            found.append((f"max_n={self.max_n!r}", f"must be at most max_batch_size ({self.max_batch_size})"))
         return found
 
     def _check_auth(self) -> None:
