@@ -3,13 +3,15 @@
 The factory takes settings (the model loads in a background thread) or an already loaded VLM (a
 notebook's, a test's), so tests build the app in-process and `glmlab serve` runs the same app under
 uvicorn. Blocking model work runs in worker threads; the event loop only routes, queues and streams.
-Routes: POST /v1/chat/completions, GET /v1/models, GET /health, POST /v1/load_lora_adapter,
-POST /v1/unload_lora_adapter (the last two as vLLM names them).
+Routes: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics (Prometheus),
+POST /v1/load_lora_adapter, POST /v1/unload_lora_adapter (the last two as vLLM names them).
 
 Before a route runs, middleware checks, in this order: the Host header (400 unless a loopback name,
 the listening address or --allowed-host: a web page cannot reach the server by DNS rebinding), the
-API key (401), a JSON Content-Type on POST bodies (415: a browser's cross-site "simple" request
-cannot carry one without a CORS preflight, which this server never grants) and the body size (413).
+API key (401; /health and, unless --metrics-require-key, /metrics are open), a JSON Content-Type on
+POST bodies (415: a browser's cross-site "simple" request cannot carry one without a CORS preflight,
+which this server never grants), the body size (413) and the client's rate limits (429). Every
+response is counted for /metrics, these refusals included.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -37,6 +39,8 @@ from glmlab.errors import GlmlabError
 from glmlab.serve import errors, schemas
 from glmlab.serve.errors import APIError
 from glmlab.serve.host import ModelHost, Ticket
+from glmlab.serve.metrics import MetricsMiddleware
+from glmlab.serve.rate_limits import RateLimitMiddleware
 from glmlab.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -71,12 +75,17 @@ def create_app(
         strict_content_type=True,  # never parse a body without a JSON Content-Type as JSON
     )
     app.state.host = host
-    # Added innermost first: the host check runs first, the body limit last.
+    # Added innermost first. The metrics wrap everything (they count every answer, refusals included);
+    # then the Host check runs first and the rate limits last, just before the route.
+    if host.rate_limits.enabled:
+        app.add_middleware(RateLimitMiddleware, limits=host.rate_limits)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(JSONContentTypeMiddleware)
     if settings.api_key is not None:  # ServerSettings refuses an empty key
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+        open_paths = {"/health"} | (set() if settings.metrics_require_key else {"/metrics"})
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key, open_paths=frozenset(open_paths))
     app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.trusted_hosts())
+    app.add_middleware(MetricsMiddleware, metrics=host.metrics)
     errors.install(app)
     _add_routes(app, host)
     _document_errors_as_answered(app)
@@ -143,14 +152,19 @@ class JSONContentTypeMiddleware:
 
 
 class APIKeyMiddleware:
-    """401 on every route but /health without `Authorization: Bearer <key>`, before the body is read."""
+    """401 without `Authorization: Bearer <key>`, before the body is read, on every path but
+    `open_paths`: /health, and /metrics unless --metrics-require-key (open like vLLM's, so a Prometheus
+    scraper needs no key: it shows counts and timings, no prompts, keys or adapter names)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str, open_paths: frozenset[str] = frozenset({"/health"})
+    ) -> None:
         self.app = app
         self.key = api_key.encode()
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
             scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
                 error = APIError(
@@ -218,6 +232,18 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             "queued": host.admitted - host.running - host.sending,
             "sending": host.sending,
         }
+
+    metrics_auth = (401,) if host.settings.metrics_require_key else ()
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={**plain_text, **errors.documented(*metrics_auth, 500)},
+    )
+    async def metrics() -> Response:
+        """Prometheus' text format: requests by route and status, queue, batches, TTFT, latency,
+        tokens per second, prefix cache, adapters (glmlab.serve.metrics)."""
+        return host.metrics.response()
 
     @app.get("/v1/models", responses=errors.documented(*auth, 500, 503))
     async def models() -> dict[str, Any]:

@@ -21,6 +21,8 @@ from glmlab.adapters import check_adapter_folder, check_adapter_name
 from glmlab.errors import AdapterError, GlmlabError
 from glmlab.images import DecodeMemory, ImageBudget
 from glmlab.serve.errors import APIError, model_not_found
+from glmlab.serve.metrics import ServerMetrics
+from glmlab.serve.rate_limits import RateLimits
 from glmlab.serve.settings import ServerSettings
 
 if TYPE_CHECKING:  # annotations only: no import of the model at run time
@@ -86,6 +88,10 @@ class ModelHost:
         self.sending = 0
         self.generation_slot = anyio.Semaphore(1)
         self.decode_memory = DecodeMemory(settings.decode_memory_bytes)  # shared by all requests
+        self.metrics = ServerMetrics(self)  # GET /metrics; the scheduler reports batches and answers
+        self.rate_limits = RateLimits(
+            settings.rate_limit_rpm, settings.rate_limit_tpm, by_api_key=settings.api_key is not None
+        )  # checked at admission; the scheduler charges each finished request's tokens
         if vlm is not None:
             self._load_start_adapters(vlm)
             self.ready.set()
