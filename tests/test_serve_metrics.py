@@ -145,3 +145,21 @@ def test_metrics_require_the_key_only_when_told(served_vlm):
     assert client.get("/health").status_code == 200  # /health stays open
     with pytest.raises(ConfigError, match="metrics_require_key=True: only has a meaning with an api_key"):
         ServerSettings(model="tiny", metrics_require_key=True)
+
+
+def test_answers_streamed_or_not_fill_the_histograms_from_their_arrival(served_vlm):
+    client = client_of(served_vlm)
+    assert client.post(CHAT, json=HI).json()["usage"]["completion_tokens"] == 6
+    with client.stream("POST", CHAT, json={**HI, "stream": True}) as response:
+        assert "data: [DONE]" in "".join(response.iter_text())
+    samples = scrape(client)
+    assert samples["glmlab_batch_size_count"] == 2 and samples["glmlab_batch_size_sum"] == 2  # one at a time
+    assert samples["glmlab_request_latency_seconds_count"] == 2
+    assert samples["glmlab_time_to_first_token_seconds_count"] == 2
+    ttft, latency = (
+        samples["glmlab_time_to_first_token_seconds_sum"],
+        samples["glmlab_request_latency_seconds_sum"],
+    )
+    assert 0 < ttft < latency
+    assert samples["glmlab_tokens_per_second_count"] == 2
+    assert samples["glmlab_generated_tokens_total"] == 12

@@ -4,6 +4,7 @@ Retry-After and a message naming the limit; other clients are unaffected. In-pro
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -120,3 +121,17 @@ def test_the_limits_are_checked_settings_and_cli_flags():
     flags = ["serve", "--model", "tiny", "--rate-limit-rpm", "30", "--rate-limit-tpm", "20000", "--dry-run"]
     accepted = CliRunner().invoke(cli, flags)
     assert accepted.exit_code == 0, accepted.output
+
+
+def test_a_finished_answer_charges_its_prompt_and_completion_tokens(served_vlm):
+    first, second = clients(served_vlm, rate_limit_tpm=10)
+    limits = first.app.state.host.rate_limits
+    used = first.post(CHAT, json=HI).json()["usage"]["total_tokens"]
+    assert used > 10 and limits.tokens_used("address:10.0.0.1") == used
+    message, _ = refusal(first.post(CHAT, json=HI))
+    assert f"limit 10, used {used} in the last 60 s" in message
+    streamed = {**HI, "stream": True, "stream_options": {"include_usage": True}}
+    with second.stream("POST", CHAT, json=streamed) as response:
+        events = [line for line in response.iter_lines() if line.startswith("data: {")]
+    usage = json.loads(events[-1].removeprefix("data: "))["usage"]
+    assert limits.tokens_used("address:10.0.0.2") == usage["total_tokens"] == used

@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -281,10 +281,13 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             **errors.documented(400, *auth, 404, 413, 415, 429, 500, 503, 504),
         },
     )
-    async def chat_completions(request: schemas.ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(
+        request: schemas.ChatCompletionRequest, http: Request
+    ) -> JSONResponse | StreamingResponse:
         adapter = host.resolve_model(request.model)
         model_name = request.model or host.base_name
         deadline = anyio.current_time() + host.settings.timeout_s
+        finished = partial(_finished, host, host.rate_limits.client_key(http.scope), time.perf_counter())
         ticket = host.admit()
         try:
             stream = await _start_generation(host, ticket, request, adapter, deadline)
@@ -292,7 +295,9 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             ticket.close()
             raise
         if request.stream:
-            events = _events(stream, schemas.new_completion_id(), model_name, request.include_usage, deadline)
+            events = _events(
+                stream, schemas.new_completion_id(), model_name, request.include_usage, deadline, finished
+            )
             return EventStreamResponse(
                 events,
                 generated=partial(_end_generation, stream, ticket),
@@ -304,6 +309,7 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
         finally:
             await _end_generation(stream, ticket)
             ticket.close()
+        finished(answer)
         return JSONResponse(schemas.completion_body(schemas.new_completion_id(), model_name, answer))
 
 
@@ -381,6 +387,17 @@ async def _finish(stream: Any, deadline: float) -> Any:
     raise _timeout("generating")
 
 
+def _finished(host: ModelHost, client: str, arrived: float, answer: Any) -> None:
+    """A complete answer: reported to /metrics (one generation at a time: a batch of one; TTFT and
+    latency from the request's arrival) and its tokens charged to the client's TPM window."""
+    latency = time.perf_counter() - arrived
+    timing = answer.timing
+    ttft = None if timing.ttft_s is None else max(0.0, latency - (timing.total_s - timing.ttft_s))
+    host.metrics.observe_batch(1)
+    host.metrics.observe_answer(ttft, latency, answer.usage.completion_tokens)
+    host.rate_limits.charge_tokens(client, answer.usage.total_tokens)
+
+
 def _timeout(stage: str) -> APIError:
     return APIError(
         504,
@@ -405,9 +422,15 @@ async def _pieces(stream: Any, deadline: float) -> AsyncIterator[str]:
 
 
 async def _events(
-    stream: Any, completion_id: str, model: str, include_usage: bool, deadline: float
+    stream: Any,
+    completion_id: str,
+    model: str,
+    include_usage: bool,
+    deadline: float,
+    finished: Callable[[Any], None],
 ) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format: role, content/reasoning deltas, finish, usage, [DONE]."""
+    """Server-sent events in OpenAI's chunk format: role, content/reasoning deltas, finish, usage, [DONE].
+    `finished` gets the Answer once it is complete."""
     created = int(time.time())
     chunk = partial(schemas.chunk_body, completion_id, created, model)
     router = schemas.ThinkingRouter()
@@ -419,6 +442,7 @@ async def _events(
         for field, text in router.flush():
             yield _sse(chunk({field: text}))
         answer = stream.answer
+        finished(answer)
         yield _sse(chunk({}, answer.finish_reason))
         if include_usage:
             yield _sse(schemas.usage_chunk_body(completion_id, created, model, answer))
