@@ -3,15 +3,16 @@
 The factory takes settings (the model loads in a background thread) or an already loaded VLM (a
 notebook's, a test's), so tests build the app in-process and `glmlab serve` runs the same app under
 uvicorn. Blocking model work runs in worker threads; the event loop only routes, queues and streams.
-Routes: POST /v1/chat/completions, GET /v1/models, GET /health, POST /v1/load_lora_adapter,
-POST /v1/unload_lora_adapter (the last two as vLLM names them), and GET / with its two files under
-/static/: the chat page (`glmlab.serve.page`), a client of the routes above.
+Routes: POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics (Prometheus),
+POST /v1/load_lora_adapter, POST /v1/unload_lora_adapter (the last two as vLLM names them), and GET /
+with its two files under /static/: the chat page (`glmlab.serve.page`), a client of the routes above.
 
 Before a route runs, middleware checks, in this order: the Host header (400 unless a loopback name,
 the listening address or --allowed-host: a web page cannot reach the server by DNS rebinding), the
-API key (401; not asked for /health and the page's files, which hold no secret), a JSON Content-Type
-on POST bodies (415: a browser's cross-site "simple" request cannot carry one without a CORS
-preflight, which this server never grants) and the body size (413).
+API key (401; /health, the page's files and, unless --metrics-require-key, /metrics are open), a JSON
+Content-Type on POST bodies (415: a browser's cross-site "simple" request cannot carry one without a
+CORS preflight, which this server never grants), the body size (413) and the client's rate limits
+(429). Every response is counted for /metrics, these refusals included.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from functools import partial
 from typing import Any
 
 import anyio
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -40,7 +41,9 @@ from glmlab.rows import Row
 from glmlab.serve import errors, schemas
 from glmlab.serve.errors import APIError
 from glmlab.serve.host import ModelHost, Ticket, wait_for_thread_event
+from glmlab.serve.metrics import MetricsMiddleware
 from glmlab.serve.page import add_page, is_page_request
+from glmlab.serve.rate_limits import RateLimitMiddleware
 from glmlab.serve.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -75,12 +78,17 @@ def create_app(
         strict_content_type=True,  # never parse a body without a JSON Content-Type as JSON
     )
     app.state.host = host
-    # Added innermost first: the host check runs first, the body limit last.
+    # Added innermost first. The metrics wrap everything (they count every answer, refusals included);
+    # then the Host check runs first and the rate limits last, just before the route.
+    if host.rate_limits.enabled:
+        app.add_middleware(RateLimitMiddleware, limits=host.rate_limits)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(JSONContentTypeMiddleware)
     if settings.api_key is not None:  # ServerSettings refuses an empty key
-        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key)
+        open_paths = {"/health"} | (set() if settings.metrics_require_key else {"/metrics"})
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key, open_paths=frozenset(open_paths))
     app.add_middleware(HostCheckMiddleware, allowed_hosts=settings.trusted_hosts())
+    app.add_middleware(MetricsMiddleware, metrics=host.metrics)
     errors.install(app)
     _add_routes(app, host)
     add_page(app)
@@ -148,15 +156,20 @@ class JSONContentTypeMiddleware:
 
 
 class APIKeyMiddleware:
-    """401 on every route but /health and the page's files without `Authorization: Bearer <key>`,
-    before the body is read."""
+    """401 without `Authorization: Bearer <key>`, before the body is read, on every path but
+    `open_paths` and the chat page's files (which hold no secret): /health, and /metrics unless
+    --metrics-require-key (open like vLLM's, so a Prometheus scraper needs no key: it shows counts and
+    timings, no prompts, keys or adapter names)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str, open_paths: frozenset[str] = frozenset({"/health"})
+    ) -> None:
         self.app = app
         self.key = api_key.encode()
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health" and not is_page_request(scope):
+        if scope["type"] == "http" and scope["path"] not in self.open_paths and not is_page_request(scope):
             scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
                 error = APIError(
@@ -225,6 +238,18 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             "sending": host.sending,
         }
 
+    metrics_auth = (401,) if host.settings.metrics_require_key else ()
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={**plain_text, **errors.documented(*metrics_auth, 500)},
+    )
+    async def metrics() -> Response:
+        """Prometheus' text format: requests by route and status, queue, batches, TTFT, latency,
+        tokens per second, prefix cache, adapters (glmlab.serve.metrics)."""
+        return host.metrics.response()
+
     @app.get("/v1/models", responses=errors.documented(*auth, 500, 503))
     async def models() -> dict[str, Any]:
         names = host.model_names()
@@ -261,11 +286,14 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             **errors.documented(400, *auth, 404, 413, 415, 429, 500, 503, 504),
         },
     )
-    async def chat_completions(request: schemas.ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(
+        request: schemas.ChatCompletionRequest, http: Request
+    ) -> JSONResponse | StreamingResponse:
         adapter = host.resolve_model(request.model)
         model_name = request.model or host.base_name
         deadline = anyio.current_time() + host.settings.timeout_s
         _check_choices(request.n, host.settings)
+        finished = partial(_finished, host, host.rate_limits.client_key(http.scope), time.perf_counter())
         ticket = host.admit()
         try:
             streams = await _start_generation(host, ticket, request, adapter, deadline)
@@ -274,7 +302,7 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             raise
         if request.stream:
             events = _events(
-                streams, schemas.new_completion_id(), model_name, request.include_usage, deadline
+                streams, schemas.new_completion_id(), model_name, request.include_usage, deadline, finished
             )
             return EventStreamResponse(
                 events,
@@ -288,6 +316,7 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             with anyio.CancelScope(shield=True):
                 await ticket.finish_generation()
             ticket.close()
+        finished(answers)
         return JSONResponse(schemas.completion_body(schemas.new_completion_id(), model_name, answers))
 
 
@@ -377,6 +406,18 @@ async def _finish(streams: list[Any], deadline: float) -> list[Any]:
     raise _timeout("generating")
 
 
+def _finished(host: ModelHost, client: str, arrived: float, answers: list[Any]) -> None:
+    """A request's complete answers: each reported to /metrics (TTFT and latency from the request's
+    arrival, queueing included) and their tokens charged to the client's TPM window (the prompt once,
+    as usage counts it)."""
+    latency = time.perf_counter() - arrived
+    for answer in answers:
+        timing = answer.timing
+        ttft = None if timing.ttft_s is None else max(0.0, latency - (timing.total_s - timing.ttft_s))
+        host.metrics.observe_answer(ttft, latency, answer.usage.completion_tokens)
+    host.rate_limits.charge_tokens(client, schemas.usage_body(answers)["total_tokens"])
+
+
 def _timeout(stage: str) -> APIError:
     return APIError(
         504,
@@ -401,12 +442,17 @@ async def _pieces(stream: Any, deadline: float) -> AsyncIterator[str]:
 
 
 async def _events(
-    streams: list[Any], completion_id: str, model: str, include_usage: bool, deadline: float
+    streams: list[Any],
+    completion_id: str,
+    model: str,
+    include_usage: bool,
+    deadline: float,
+    finished: Callable[[list[Any]], None],
 ) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format: role, content/reasoning deltas, finish, usage, [DONE].
 
     With several choices (n), each choice's events follow the previous choice's (each chunk names
-    its index); all of them generate together.
+    its index); all of them generate together. `finished` gets the Answers once they are complete.
     """
     created = int(time.time())
     try:
@@ -420,8 +466,9 @@ async def _events(
             for field, text in router.flush():
                 yield _sse(chunk({field: text}))
             yield _sse(chunk({}, stream.answer.finish_reason))
+        answers = [stream.answer for stream in streams]
+        finished(answers)
         if include_usage:
-            answers = [stream.answer for stream in streams]
             yield _sse(schemas.usage_chunk_body(completion_id, created, model, answers))
     except APIError as error:  # headers are sent: errors travel as an event
         yield _sse(error.body())

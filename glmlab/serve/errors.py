@@ -44,7 +44,8 @@ STATUS_MEANINGS = {
     404: "Unknown model or adapter.",
     413: "Request body over --max-request-bytes.",
     415: "A POST body that is not sent as Content-Type: application/json.",
-    429: "Queue full (--max-concurrency); retry after the Retry-After seconds.",
+    429: "Queue full (--max-concurrency), or the client's rate limit reached (--rate-limit-rpm, "
+    "--rate-limit-tpm); retry after the Retry-After seconds.",
     500: "Internal error: a bug in glmlab (see the server log).",
     503: "The model is still loading or failed to load, or the image decode memory is in use (Retry-After).",
     504: "The request did not finish within --timeout.",

@@ -24,6 +24,8 @@ from glmlab.images import DecodeMemory, ImageBudget
 from glmlab.rows import Row
 from glmlab.serve.batcher import Batcher
 from glmlab.serve.errors import APIError, model_not_found
+from glmlab.serve.metrics import ServerMetrics
+from glmlab.serve.rate_limits import RateLimits
 from glmlab.serve.settings import ServerSettings
 
 if TYPE_CHECKING:  # annotations only: no import of the model at run time
@@ -141,8 +143,16 @@ class ModelHost:
         self.admitted = 0  # queued + running + sending; only touched on the event loop
         self.running = 0
         self.sending = 0
-        self.batcher = Batcher(lambda: self.vlm, settings.max_batch_size)
         self.decode_memory = DecodeMemory(settings.decode_memory_bytes)  # shared by all requests
+        self.metrics = ServerMetrics(self)  # GET /metrics; the batcher reports batches, the app answers
+        self.batcher = Batcher(
+            lambda: self.vlm,
+            settings.max_batch_size,
+            on_batch=lambda rows: self.metrics.observe_batch(len(rows)),
+        )
+        self.rate_limits = RateLimits(
+            settings.rate_limit_rpm, settings.rate_limit_tpm, by_api_key=settings.api_key is not None
+        )  # checked at admission; the scheduler charges each finished request's tokens
         if vlm is not None:
             self._load_start_adapters(vlm)
             self.ready.set()

@@ -170,6 +170,24 @@ class ServerSettings:
         "when n is above --max-batch-size).",
         _at_least(1),
     )
+    rate_limit_rpm: int | None = _option(
+        None,
+        "Chat completions each client may start per minute (a moving 60 s window), keyed by the API key "
+        "when the server has one, else by the client's address; more get 429 with Retry-After. Off unset.",
+        Check(_at_least(1), "at least 1 (or unset)"),
+    )
+    rate_limit_tpm: int | None = _option(
+        None,
+        "Tokens (prompt + completion) each client may use per minute, keyed like --rate-limit-rpm: a "
+        "finished request's tokens are counted whole, and while the last 60 s hold this many a new "
+        "request gets 429 with Retry-After. Off unset.",
+        Check(_at_least(1), "at least 1 (or unset)"),
+    )
+    metrics_require_key: bool = _option(
+        False,
+        "Require the API key on GET /metrics too. Off by default, like vLLM's /metrics: a Prometheus "
+        "scraper needs no key, and the page holds counts and timings only (no prompts, keys or names).",
+    )
     timeout_s: float = _option(
         300.0,
         "Seconds a request may wait and generate (prefill included) before 504.",
@@ -279,6 +297,11 @@ class ServerSettings:
                     f"ServerSettings.allowed_hosts: {pattern!r} is not a host name; give a name or "
                     "address as clients write it in URLs (no port), '*.example.com', or '*'."
                 )
+        if self.metrics_require_key and self.api_key is None:
+            raise ConfigError(
+                "ServerSettings.metrics_require_key=True: only has a meaning with an api_key "
+                f"(--api-key or {API_KEY_ENV})."
+            )
         if self.allow_private_urls and not self.allow_urls:
             raise ConfigError(
                 "ServerSettings.allow_private_urls=True: only has a meaning with allow_urls=True."

@@ -67,6 +67,9 @@ VLLM_IGNORES = (
     "max_n",
     "timeout_s",
     "send_timeout_s",
+    "rate_limit_rpm",
+    "rate_limit_tpm",
+    "metrics_require_key",  # vLLM's /metrics is open, also with an API key
 )
 
 
