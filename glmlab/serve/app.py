@@ -281,7 +281,7 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
         responses={
             200: {
                 "description": "A chat.completion, or with stream=true its chunks as server-sent events.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"text/event-stream": {}},  # no schema: server-sent events are not one JSON value
             },
             **errors.documented(400, *auth, 404, 413, 415, 429, 500, 503, 504),
         },
