@@ -44,6 +44,8 @@ TIMEOUT_S = 900
 MAX_NEW_TOKENS = 8
 TEXT_PROMPTS = ["What is the capital of France?", "Count from one to five.", "你好，请介绍一下你自己。"]
 IMAGE_PROMPT = "What colour is the square?"
+GGUF_QUANTS = ("f16", "q8_0", "q4_k_m")
+LLAMA_CPP = ENGINES / "llama-src" / "vendor" / "llama.cpp"  # the checkout llama-cpp-python is built from
 
 
 @dataclass
@@ -290,10 +292,12 @@ def greedy_references(path: Path, image: bool) -> list[dict]:
 def square_image(folder: Path) -> Path:
     from PIL import Image, ImageDraw
 
+    # 112x84: both sides are multiples of 28 (patch 14 x merge 2) inside every pixel budget, so no engine
+    # resizes it (transformers' and llama.cpp's resizing rules differ)
     path = folder / "square.png"
     if not path.exists():
-        image = Image.new("RGB", (96, 64), "white")
-        ImageDraw.Draw(image).rectangle([24, 12, 72, 52], fill="red")
+        image = Image.new("RGB", (112, 84), "white")
+        ImageDraw.Draw(image).rectangle([28, 14, 84, 70], fill="red")
         image.save(path)
     return path
 
@@ -304,54 +308,22 @@ def merged_inputs(exports: Exports) -> dict:
 
 
 def gguf_inputs(exports: Exports) -> dict:
-    source = gguf_checkpoint(exports.merged("attention"), exports.work / "gguf-source")
-    return {
-        "checkpoint": str(source),
-        "converter": str(ENGINES / "llama-src" / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"),
-        # the tiny tokenizer is GPT-2's byte-level BPE (the real GLM-4.6V's is known to the converter)
-        "pre_tokenizer": "gpt-2",
-        "out": str(exports.work / "gguf"),
-        "cases": greedy_references(source, image=False),
-    }
-
-
-def gguf_checkpoint(merged: Path, out: Path) -> Path:
-    """A copy of the tiny merged checkpoint that llama.cpp can load: its tokenizer gets one merge that
-    can never apply.
-
-    llama.cpp refuses a BPE vocabulary without merges ("cannot find tokenizer merges in model file");
-    the tiny tokenizer has none (every token is one byte). The added merge's left side is a token of
-    several bytes, which is never formed when nothing merges, so every text tokenizes as before; this
-    is checked here on the prompts and on a probe text of many scripts. The default tiny checkpoint is
-    left as it is (recorded test values depend on it).
-    """
-    import shutil
-
-    from tokenizers import Tokenizer
-
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(merged, out)
-    path = out / "tokenizer.json"
-    tokenizer = json.loads(path.read_text(encoding="utf-8"))
-    vocab = tokenizer["model"]["vocab"]
-    if tokenizer["model"].get("merges"):
-        return out  # a tokenizer with merges of its own needs none
-    left, right = next(
-        (token[:cut], token[cut:])
-        for token in vocab
-        for cut in range(2, len(token))
-        if token[:cut] in vocab and token[cut:] in vocab
-    )
-    tokenizer["model"]["merges"] = [[left, right]]
-    path.write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
-    before, after = Tokenizer.from_file(str(merged / "tokenizer.json")), Tokenizer.from_file(str(path))
-    probe = " ".join(
-        [*TEXT_PROMPTS, IMAGE_PROMPT, "\n \t 3.33 🦙 I've 'RE ---=== нещо 我想在apple工作", left + right]
-    )
-    if before.encode(probe).ids != after.encode(probe).ids:
-        raise RuntimeError(f"the merge {left!r} + {right!r} changes the tiny tokenizer's output")
-    return out
+    """`glmlab export --format gguf` of the tiny adapter (f16, merged by the export) and of its merged
+    checkpoint (q8_0, q4_k_m), with llama.cpp's converter from the llama environment."""
+    merged = exports.merged("attention")
+    llama = ["--llama-cpp", str(LLAMA_CPP), "--llama-python", str(side_python("gguf"))]
+    files = {}
+    for quant in GGUF_QUANTS:
+        source = exports.adapter("attention") if quant == "f16" else merged
+        out = exports.work / f"gguf-{quant}"
+        glmlab_cli("export", str(source), "--format", "gguf", "--quant", quant, "--out", str(out), *llama)
+        manifest = json.loads((out / "glmlab_export.json").read_text())
+        files[quant] = {
+            "model": str(out / manifest["model_file"]),
+            "mmproj": str(out / manifest["mmproj_file"]),
+            "pre_tokenizer": manifest["pre_tokenizer"],
+        }
+    return {"exports": files, "cases": greedy_references(merged, image=True)}
 
 
 INPUTS: dict[str, Callable[[Exports], dict]] = {

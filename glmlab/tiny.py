@@ -70,7 +70,13 @@ TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64)
 # becomes 224x224 = 16x16 patches = 64 image tokens).
 TINY_MAX_IMAGE_PIXELS = 224 * 224  # pixel area; the processor's longest_edge is twice this
 CHAT_TEMPLATE = "glm46v_chat.jinja"
-TINY_VERSION = 2  # bump when the checkpoint's files change (layout, template), so stale caches are rebuilt
+TINY_VERSION = 3  # bump when the checkpoint's files change (layout, template), so stale caches are rebuilt
+# llama.cpp refuses a BPE vocabulary without merges, so the tokenizer carries one that can never apply
+# (make_tokenizer says why); its left side is a filler piece no merge forms.
+NEVER_FIRING_MERGE = ("Ġa", "a")
+# llama.cpp's name for the tiny tokenizer's pre-tokenizer (GPT-2's byte-level regex), which its GGUF
+# converter cannot recognise by itself (glmlab.export.gguf answers for it)
+LLAMA_CPP_PRE_TOKENIZER = "gpt-2"
 
 
 def build(
@@ -140,6 +146,10 @@ def make_tokenizer():
 
     Ids below the specials are bytes (0-255) then filler word pieces (" ab", "cd", ...) that encoding
     never produces but decoding renders readably, so a random model's output looks like text.
+
+    Encoding never merges: BPE starts every word from single characters and applies only listed
+    merges, and the one merge listed (NEVER_FIRING_MERGE, there for llama.cpp, which refuses a BPE
+    vocabulary without merges) needs a left symbol of two characters that only a merge could form.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -156,7 +166,7 @@ def make_tokenizer():
             vocab[next(filler)] = index
     for token, index in {**specials, **singles}.items():
         vocab[token] = index
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=False))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[NEVER_FIRING_MERGE], byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
@@ -170,6 +180,20 @@ def make_tokenizer():
         model_max_length=131072,
         extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
     )
+
+
+def is_tiny_tokenizer(tokenizer_json: dict) -> bool:
+    """Whether a parsed tokenizer.json is make_tokenizer's (its byte alphabet, then its first filler
+    pieces, at the same ids): how a GGUF export knows the pre-tokenizer of a tiny checkpoint."""
+    from itertools import islice
+
+    from tokenizers import pre_tokenizers
+
+    vocab = (tokenizer_json.get("model") or {}).get("vocab")
+    if not isinstance(vocab, dict):
+        return False
+    expected = [*sorted(pre_tokenizers.ByteLevel.alphabet()), *islice(_filler_words(), 64)]
+    return all(vocab.get(token) == index for index, token in enumerate(expected))
 
 
 def _filler_words():

@@ -9,6 +9,9 @@
 - Eval: `EVAL_DIR`, `shapes_suite`, `QUIET`, `script` (sets the scripted tiny model's greedy answer; the
   `scripted` fixture is that model), and a local copy of DocVQA's hub layout (`write_docvqa_copy`,
   `docvqa_rows`).
+- GGUF: `fake_llama_cpp` writes a stand-in llama.cpp checkout (its converter and llama-quantize keep the
+  real ones' interfaces and write placeholder files), for what `export_gguf` does around them when the
+  real llama.cpp (`make engines`) is not here.
 """
 
 from __future__ import annotations
@@ -167,3 +170,48 @@ def docvqa_rows(answers: list[list[str]]) -> list[dict]:
         }
         for k, accepted in enumerate(answers)
     ]
+
+
+# The interface glmlab uses of llama.cpp's convert_hf_to_gguf.py: TextModel.get_vocab_base_pre (which
+# raises NotImplementedError for an unknown tokenizer), main() reading sys.argv. This one asks the
+# pre-tokenizer question for the text model, as the real converter does, and writes a placeholder.
+FAKE_CONVERTER = """
+import sys
+
+RECOGNISES = {recognises!r}
+
+
+class TextModel:
+    def get_vocab_base_pre(self, tokenizer):
+        if RECOGNISES is None:
+            raise NotImplementedError("BPE pre-tokenizer was not recognized")
+        return RECOGNISES
+
+
+def main():
+    args = sys.argv[1:]
+    if {fails!r}:
+        sys.exit("fake converter: failing as asked")
+    kind = "mmproj" if "--mmproj" in args else "text"
+    pre = "" if kind == "mmproj" else TextModel().get_vocab_base_pre(None)
+    outtype = args[args.index("--outtype") + 1]
+    with open(args[args.index("--outfile") + 1], "w") as out:
+        out.write(f"fake {{kind}} {{outtype}} {{pre}}")
+"""
+FAKE_QUANTIZE = """#!/bin/sh
+# llama-quantize IN OUT TYPE
+echo "quantized $1 $3" > "$2"
+"""
+
+
+def fake_llama_cpp(folder: Path, *, recognises: str | None = None, fails: bool = False) -> Path:
+    """A stand-in llama.cpp checkout at `folder` (with build/bin/llama-quantize); returns `folder`."""
+    import stat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "convert_hf_to_gguf.py").write_text(FAKE_CONVERTER.format(recognises=recognises, fails=fails))
+    binary = folder / "build" / "bin" / "llama-quantize"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    binary.write_text(FAKE_QUANTIZE)
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    return folder

@@ -4,6 +4,8 @@ Expected strings are what the published GLM-4.6V / GLM-4.5 templates render for 
 (tools, tool calls and tool results as in GLM-4.5's template, which GLM-4.6V shares).
 """
 
+import json
+
 import pytest
 
 from glmlab import tiny
@@ -69,6 +71,24 @@ def test_single_tokens_encode_as_one_token(processor):
     assert {"<tool_call>", "</tool_call>", "<arg_key>", "<arg_value>", "<tool_response>"} <= set(
         tiny.TEXT_SINGLE_TOKENS
     )
+
+
+def test_the_merge_for_llama_cpp_never_applies(processor):
+    """llama.cpp refuses a BPE tokenizer without merges, so the tiny one lists one that can never fire:
+    every text encodes as with no merges at all, into single-byte tokens."""
+    from tokenizers import Tokenizer
+
+    backend = processor.tokenizer.backend_tokenizer
+    spec = json.loads(backend.to_str())
+    assert [tuple(merge) for merge in spec["model"]["merges"]] == [tiny.NEVER_FIRING_MERGE]
+    bare = Tokenizer.from_str(json.dumps({**spec, "model": {**spec["model"], "merges": []}}))
+    probe = (
+        " a aa  aaa a_ Ġa Ġaa aaaa \n \t 3.33 🦙 I've 'RE ---=== нещо 我想在apple工作 ``` Hello, world!"
+        " What colour is the square?"
+    )
+    ids = backend.encode(probe, add_special_tokens=False).ids
+    assert ids == bare.encode(probe, add_special_tokens=False).ids
+    assert max(ids) < 256 and len(ids) == len(probe.encode("utf-8"))
 
 
 def test_image_placeholder_expands_to_grid_over_four(processor):

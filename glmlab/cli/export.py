@@ -3,6 +3,8 @@
 glmlab export runs/invoices/adapter --format vllm --out exports/invoices-vllm
 glmlab export runs/invoices/adapter --format merged --out exports/invoices-merged
 glmlab export runs/invoices/adapter --format auto --out exports/invoices   # whichever vLLM can serve
+glmlab export runs/invoices/adapter --format gguf --quant q4_k_m --out exports/invoices-gguf \
+    --llama-cpp ~/llama.cpp                                                 # llama.cpp, Ollama, LM Studio
 glmlab export exports/invoices-vllm --to http://localhost:8080/v1 --name invoices
 """
 
@@ -20,12 +22,16 @@ from glmlab.cli.root import app
 
 @app.command()
 def export(
-    adapter: Path = typer.Argument(..., help="A PEFT LoRA adapter folder (safetensors)."),
-    export_format: Literal["vllm", "merged", "auto"] = typer.Option(
+    adapter: Path = typer.Argument(
+        ...,
+        help="A PEFT LoRA adapter folder (safetensors); for --format gguf also a checkpoint folder or tiny.",
+    ),
+    export_format: Literal["vllm", "merged", "auto", "gguf"] = typer.Option(
         None,
         "--format",
         help="vllm: a checked adapter + the vllm serve line; merged: a full checkpoint; "
-        "auto: vllm when vLLM can serve the adapter, merged otherwise (says why).",
+        "auto: vllm when vLLM can serve the adapter, merged otherwise (says why); "
+        "gguf: merged, then GGUF files + mmproj + Ollama Modelfile by llama.cpp's converter.",
     ),
     out: Path = typer.Option(None, "--out", help="Folder to write (with --format)."),
     to: str = typer.Option(
@@ -44,6 +50,30 @@ def export(
     dtype: str = typer.Option("auto", help="merged: dtype of the saved weights (auto: the checkpoint's)."),
     api_key: str = typer.Option(
         None, "--api-key", envvar="GLMLAB_API_KEY", help="--to: the server's API key."
+    ),
+    quant: Literal["f16", "q8_0", "q4_k_m"] = typer.Option(
+        "f16", "--quant", help="gguf: the text model's type (the projector is always f16)."
+    ),
+    llama_cpp: Path = typer.Option(
+        None,
+        "--llama-cpp",
+        envvar="GLMLAB_LLAMA_CPP",
+        help="gguf: a llama.cpp checkout (its convert_hf_to_gguf.py converts).",
+    ),
+    llama_python: str = typer.Option(
+        None,
+        "--llama-python",
+        envvar="GLMLAB_LLAMA_PYTHON",
+        help="gguf: the Python with llama.cpp's converter requirements (default: this one).",
+    ),
+    pre_tokenizer: str = typer.Option(
+        None,
+        "--pre-tokenizer",
+        help="gguf: llama.cpp's name for the tokenizer's pre-tokenizer when its converter does not "
+        "recognise it (e.g. gpt-2; the tiny model's is given automatically).",
+    ),
+    num_ctx: int = typer.Option(
+        None, "--num-ctx", help="gguf: the context the Modelfile and llama-server ask for (default 8192)."
     ),
 ) -> None:
     """Export a LoRA adapter for vLLM, merge it into its base model, or register it on a running server."""
@@ -77,6 +107,26 @@ def export(
             result = exporting.export_for_serving(adapter, out, model=model, name=name, overwrite=overwrite)
             typer.echo(f"format {result.format}: {result.reason}")
             typer.echo(f"wrote {result.path}; serve it with:\n  {result.vllm_serve}")
+        elif export_format == "gguf":
+            exported = exporting.export_gguf(
+                adapter,
+                out,
+                quant=quant,
+                llama_cpp=llama_cpp,
+                llama_python=llama_python,
+                pre_tokenizer=pre_tokenizer,
+                model=model,
+                name=name,
+                num_ctx=num_ctx,
+                overwrite=overwrite,
+            )
+            files = ", ".join(f"{file} ({size / 2**20:.1f} MiB)" for file, size in exported.sizes.items())
+            commands = "\n  ".join(exported.commands.values())
+            typer.echo(
+                f"wrote {exported.path}: {files} in {sum(exported.seconds.values()):.0f} s "
+                f"(pre-tokenizer {exported.pre_tokenizer}, {exported.pre_tokenizer_source}); run it with:\n"
+                f"  {commands}"
+            )
         else:
             path = exporting.export_merged(adapter, out, model=model, dtype=dtype, overwrite=overwrite)
             typer.echo(

@@ -4,6 +4,7 @@
     export_vllm("runs/invoices/adapter", "exports/invoices-vllm")      # vLLM-ready adapter + manifest
     export_merged("runs/invoices/adapter", "exports/invoices-merged")  # full checkpoint, no adapter
     export_for_serving("runs/invoices/adapter", "exports/invoices")     # whichever of the two vLLM serves
+    export_gguf("runs/invoices/adapter", "exports/invoices-gguf", quant="q4_k_m")  # llama.cpp, Ollama
     register("exports/invoices-vllm", "http://localhost:8000/v1")      # load it on a running server
 
 `glmlab export` is the command-line front of these functions (`--format auto` is `export_for_serving`).
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from glmlab.adapters import AdapterInfo, base_model_of, inspect_adapter, max_lora_rank
 from glmlab.export.auto import ServingExport, export_for_serving, servable_format
+from glmlab.export.gguf import GgufExport, export_gguf
 from glmlab.export.merged import export_merged
 from glmlab.export.vllm import MANIFEST, VllmExport, export_vllm, merged_serve_line
 
@@ -24,10 +26,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MANIFEST",
     "AdapterInfo",
+    "GgufExport",
     "ServingExport",
     "VllmExport",
     "base_model_of",
     "export_for_serving",
+    "export_gguf",
     "export_merged",
     "export_vllm",
     "inspect_adapter",
