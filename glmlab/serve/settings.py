@@ -158,6 +158,13 @@ class ServerSettings:
         "requests that arrive while a batch runs form the next one. 1 turns batching off.",
         _at_least(1),
     )
+    batch_gather_s: float = _option(
+        0.25,
+        "Seconds a batch about to start waits for requests that arrived but are still being read and "
+        "decoded, so requests sent together run together (a lone request never waits).",
+        Check(lambda value: is_number(value) and value >= 0, "at least 0"),
+        flag="--batch-gather",
+    )
     max_queue_wait_s: float = _option(
         60.0,
         "Seconds a request may wait for a place in a batch before 429 with Retry-After.",

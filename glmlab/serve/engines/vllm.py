@@ -63,6 +63,7 @@ VLLM_IGNORES = (
     "max_request_bytes",
     "max_concurrency",
     "max_batch_size",
+    "batch_gather_s",
     "max_queue_wait_s",
     "max_n",
     "timeout_s",
