@@ -227,9 +227,11 @@ def stage_export(ctx: DemoContext) -> None:
     ctx.results["export"] = exported
     if exported.format == "vllm":
         details = exported.vllm
+        vision = len([module for module in details.modules if module.startswith("model.visual.")])
+        served = f", {vision} vision-block/merger modules" if vision else ""
         ctx.echo(
-            f"{exported.path}: a vLLM adapter, rank {details.rank}, {len(details.modules)} language-model "
-            f"modules, {len(details.dropped_modules)} vision modules dropped"
+            f"{exported.path}: a vLLM adapter, rank {details.rank}, {len(details.modules) - vision} "
+            f"language-model modules{served}, {len(details.dropped_modules)} vision modules dropped"
         )
     else:
         ctx.echo(f"vLLM cannot serve this adapter as it is ({exported.reason})")
