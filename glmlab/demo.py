@@ -252,10 +252,8 @@ def stage_serve(ctx: DemoContext) -> None:
 
     exported = ctx.results.get("export")
     adapters = {}
-    if (
-        exported is not None
-    ):  # glmlab's server loads any PEFT adapter: the trained one when vLLM's needed a merge
-        adapters["demo"] = str(exported.path if exported.format == "vllm" else trained_adapter(ctx))
+    if exported is not None:  # glmlab's server loads the adapter as trained (the export is vLLM's form)
+        adapters["demo"] = str(trained_adapter(ctx))
     server = start(ctx.vlm, ServerSettings(model=ctx.model, adapters=adapters, port=0))
     ctx.results["server"] = server
     models = [ctx.model, *ctx.vlm.adapters]  # the server serves every adapter the model holds

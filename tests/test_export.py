@@ -132,6 +132,19 @@ def test_the_exported_gate_up_lora_adds_what_the_gate_and_up_loras_added(vision_
             assert torch.equal(delta(written, module), delta(source, module))
 
 
+def test_glmlab_names_a_vllm_export_with_fused_vision_modules_when_asked_to_load_it(
+    vision_adapter, vlm, tmp_path
+):
+    from glmlab.errors import AdapterError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the qkv drop
+        exported = export_vllm(vision_adapter, tmp_path / "vision-vllm")
+    with pytest.raises(AdapterError, match=r"It is a vLLM export \(vision gate_proj and up_proj fused"):
+        vlm.load_adapter(exported.path, "fused")
+    assert "fused" not in vlm.adapters
+
+
 def test_fusing_gives_each_half_its_own_peft_scale():
     from glmlab.export.vllm import fuse_gate_up
 

@@ -5,13 +5,11 @@ and load adapters through here.
 """
 
 from glmlab.adapters.folder import (
-    CONNECTOR_MODULES,
     FUSED_INTO,
     MAX_LORA_RANK,
     TEXT_LAYERS,
     TEXT_MODULES,
     TOWER_FLAG,
-    TOWER_MODULES,
     VISION_PREFIX,
     VLLM_LORA_RANKS,
     AdapterInfo,
@@ -33,13 +31,11 @@ from glmlab.adapters.injected import AdapterSet
 from glmlab.adapters.random import random_adapter
 
 __all__ = [
-    "CONNECTOR_MODULES",
     "FUSED_INTO",
     "MAX_LORA_RANK",
     "TEXT_LAYERS",
     "TEXT_MODULES",
     "TOWER_FLAG",
-    "TOWER_MODULES",
     "VISION_PREFIX",
     "VLLM_LORA_RANKS",
     "AdapterInfo",

@@ -227,7 +227,14 @@ def _factor_shape(
 
     module = modules.get(module_name)
     if module is None:
-        raise AdapterError(f"{where}: the base model has no module {module_name!r}.")
+        fused = module_name.startswith(VISION_PREFIX) and module_name.endswith(".gate_up_proj")
+        hint = (
+            " It is a vLLM export (vision gate_proj and up_proj fused into vLLM's gate_up_proj); load the "
+            "adapter it was exported from."
+            if fused
+            else ""
+        )
+        raise AdapterError(f"{where}: the base model has no module {module_name!r}.{hint}")
     if not isinstance(module, torch.nn.Linear):
         raise AdapterError(
             f"{where}: {module_name} is a {type(module).__name__}; glmlab loads LoRA on linear layers only."
