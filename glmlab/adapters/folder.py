@@ -360,6 +360,9 @@ def vllm_modules(
     - Weight names are PEFT's (base_model.model.model.language_model..., base_model.model.model.visual...),
       renamed by vLLM through Glm4v's hf_to_vllm_mapper (model.language_model. to language_model.model.,
       model.visual. to visual.).
+    These are the dense Glm4v's rules (GLM-4.6V-Flash, the tiny model). vLLM's MoE class
+    (Glm4vMoeForConditionalGeneration) maps gate_up_proj to gate_proj and up_proj instead, so it would
+    take the unfused pair and not the fused LoRA.
     """
     text, tower, fuse, dropped, unsupported = [], [], [], [], []
     for module in info.modules:
