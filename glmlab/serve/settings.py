@@ -47,6 +47,7 @@ VLLM_ONLY = (
     "max_lora_rank",
     "max_loras",
     "max_cpu_loras",
+    "tower_connector_lora",
     "vllm_python",
     "vllm_start_timeout_s",
 )
@@ -274,6 +275,12 @@ class ServerSettings:
     )
     max_cpu_loras: int | None = _option(
         None, "vLLM: adapters kept in CPU memory, at least --max-loras (vLLM's default: --max-loras)."
+    )
+    tower_connector_lora: bool = _option(
+        False,
+        "vLLM: also apply adapters' vision-block and merger LoRA (vLLM's experimental "
+        "--enable-tower-connector-lora); on by itself when an --adapter holds such modules, this is for "
+        "adapters loaded at run time.",
     )
     vllm_python: str | None = _option(
         None,
