@@ -75,6 +75,7 @@ class Answer:
     model: str | None = None
     error: str | None = None
     parsed: Any = None  # with a schema (glmlab.structured): the parsed answer, None if it did not parse
+    thinking_truncated: bool = False  # max_thinking_tokens ended the thinking
 
     @classmethod
     def from_raw(cls, raw: str, **fields: Any) -> Answer:

@@ -33,6 +33,7 @@ from glmlab.generation import (
     StopStrings,
     Stream,
     TextClock,
+    ThinkingBudget,
     TokenClock,
     generation_config,
     interruptible,
@@ -356,20 +357,22 @@ class VLM:
                             self.tokenizer, settings.stop, inputs["input_ids"].shape[1], self.hidden_token_ids
                         )
                     )
-                constraint = self._schema_processor(settings, prompt, inputs["input_ids"].shape[1])
+                processors = self._row_processors(settings, prompt, inputs["input_ids"].shape[1])
                 output = self.model.generate(
                     **inputs,
                     generation_config=config,
                     streamer=clock,
                     stopping_criteria=criteria or None,
-                    logits_processor=LogitsProcessorList([constraint]) if constraint else None,
+                    logits_processor=LogitsProcessorList(processors) if processors else None,
                 )
                 new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
             except Interrupted:  # stopped before the first token: nothing to keep
                 clock.end()
                 new_ids = []
             end = time.perf_counter()
-        return self.decode_answer(new_ids, prompt, settings, start, clock.first_token_time, end, adapter)
+        answer = self.decode_answer(new_ids, prompt, settings, start, clock.first_token_time, end, adapter)
+        answer.thinking_truncated = any(getattr(processor, "cut", False) for processor in processors)
+        return answer
 
     def _continue_from_prefix(
         self, inputs: dict[str, torch.Tensor], prompt: Prompt, prefix_cache: PrefixCache
@@ -566,15 +569,16 @@ class VLM:
         pads = [width - feature["input_ids"].shape[1] for feature in features]
         start = time.perf_counter()
 
+        constraints = [self._row_processors(row.request.settings, row.request.prompt, width) for row in live]
+
         def finish(index: int, new_ids: list[int]) -> None:
-            rows.finished_answer(
-                live[index], self._row_answer(live[index], new_ids, start, time.perf_counter())
+            answer = self._row_answer(live[index], new_ids, start, time.perf_counter())
+            answer.thinking_truncated = any(
+                getattr(processor, "cut", False) for processor in constraints[index]
             )
+            rows.finished_answer(live[index], answer)
 
         stops = rows.RowStops(live, width, self.eos_token_ids, self._visible_text, finish)
-        constraints = [
-            self._schema_processor(row.request.settings, row.request.prompt, width) for row in live
-        ]
         try:
             with (
                 self.lock,
@@ -628,12 +632,22 @@ class VLM:
             new_ids, request.prompt, request.settings, start, row.clock.first_token_time, end, request.adapter
         )
 
-    def _schema_processor(self, settings: GenerationSettings, prompt: Prompt, prompt_length: int) -> Any:
-        """The logits processor of `settings.schema` for one row (None without a schema)."""
-        if settings.schema is None:
-            return None
-        thinking_done = prompt.text.rstrip().endswith("</think>")  # thinking off: the template closed it
-        return self.grammars.processor(Schema.of(settings.schema), prompt_length, thinking_done)
+    def _row_processors(self, settings: GenerationSettings, prompt: Prompt, prompt_length: int) -> list[Any]:
+        """One row's own logits processors: its thinking budget, then its schema (glmlab.structured)."""
+        processors: list[Any] = []
+        text = prompt.text.rstrip()
+        thinking_done = text.endswith("</think>")  # thinking off: the template closed it
+        if settings.max_thinking_tokens is not None and not thinking_done:
+            start_id, end_id = self.tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+            opened = text.endswith("<think>")
+            processors.append(
+                ThinkingBudget(settings.max_thinking_tokens, prompt_length, start_id, end_id, opened)
+            )
+        if settings.schema is not None:
+            processors.append(
+                self.grammars.processor(Schema.of(settings.schema), prompt_length, thinking_done)
+            )
+        return processors
 
     @property
     def grammars(self) -> Grammars:

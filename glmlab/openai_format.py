@@ -29,8 +29,9 @@ GENERATION_FIELDS = {
     "repetition_penalty": "repetition_penalty",
     "seed": "seed",
     "stop": "stop",
+    "max_thinking_tokens": "max_thinking_tokens",
 }
-EXTENSION_FIELDS = ("top_k", "repetition_penalty")
+EXTENSION_FIELDS = ("top_k", "repetition_penalty", "max_thinking_tokens")
 # the OpenAI request fields `generation_options` reads (vLLM's top_k and repetition_penalty included)
 OPENAI_SAMPLING_FIELDS = (
     "max_tokens",
@@ -42,6 +43,7 @@ OPENAI_SAMPLING_FIELDS = (
     "seed",
     "stop",
     "response_format",
+    "max_thinking_tokens",
 )
 REMOTE_SCHEMES = ("data:", "http://", "https://")
 
@@ -108,6 +110,7 @@ def generation_options(fields: Mapping[str, Any]) -> dict[str, Any]:
         "seed": fields.get("seed"),
         "stop": stop_list(fields.get("stop")),
         "schema": Schema.from_response_format(fields.get("response_format")),
+        "max_thinking_tokens": fields.get("max_thinking_tokens"),
     }
     return {key: value for key, value in options.items() if value is not None}
 

@@ -102,6 +102,11 @@ class GenerationSettings:
             f"at most {MAX_STOP_STRINGS} strings",
         ),
     )
+    max_thinking_tokens: int | None = checked_field(
+        None,
+        help="Most tokens the model may think; then its thinking is ended (</think>) and the answer follows.",
+        check=_typed(is_int, "an integer", lambda v: v >= 0, ">= 0"),
+    )
     schema: Any = checked_field(
         None,
         help="A JSON schema (dict), a pydantic model class or 'json': the answer is constrained to it "

@@ -120,6 +120,7 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)  # the server's own cap is --max-n
     response_format: ResponseFormat | None = None
+    max_thinking_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS)  # glmlab extension
     chat_template_kwargs: ChatTemplateKwargs | None = None
     user: Name | None = None  # accepted for compatibility with OpenAI clients; not used
 
