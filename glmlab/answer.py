@@ -76,6 +76,7 @@ class Answer:
     error: str | None = None
     parsed: Any = None  # with a schema (glmlab.structured): the parsed answer, None if it did not parse
     thinking_truncated: bool = False  # max_thinking_tokens ended the thinking
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI tool calls (glmlab.tools)
 
     @classmethod
     def from_raw(cls, raw: str, **fields: Any) -> Answer:

@@ -289,6 +289,7 @@ class RemoteStream:
         self._answer: Answer | None = None
         self._start = time.perf_counter()
         self.schema = schema
+        self._tool_calls: dict[int, dict[str, Any]] = {}
         self._response = self._open(body)
 
     def _open(self, body: dict[str, Any]) -> Any:
@@ -319,6 +320,7 @@ class RemoteStream:
                 usage = chunk.usage or usage
                 for choice in chunk.choices:
                     finish_reason = choice.finish_reason or finish_reason
+                    self._add_tool_calls(choice.delta)
                     piece, thinking = _raw_piece(choice.delta, thinking)
                     if piece:
                         first_token = first_token or time.perf_counter()
@@ -346,7 +348,19 @@ class RemoteStream:
         )
         if self.schema is not None:
             answer.parsed, answer.error = self.schema.parse(answer.text)
+        answer.tool_calls = [self._tool_calls[index] for index in sorted(self._tool_calls)]
         return answer
+
+    def _add_tool_calls(self, delta: Any) -> None:
+        """Tool calls arrive as deltas by index (name and id first, arguments in pieces)."""
+        for call in getattr(delta, "tool_calls", None) or []:
+            entry = self._tool_calls.setdefault(
+                call.index, {"id": call.id, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            entry["id"] = call.id or entry["id"]
+            if call.function is not None:
+                entry["function"]["name"] += call.function.name or ""
+                entry["function"]["arguments"] += call.function.arguments or ""
 
     def stop(self) -> None:
         """End the answer early; what arrived so far is kept."""

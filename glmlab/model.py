@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
-from glmlab import batching, prompts, rows
+from glmlab import batching, prompts, rows, tools
 from glmlab.adapters import AdapterSet
 from glmlab.answer import Answer, Timing, Usage
 from glmlab.errors import GlmlabError, InputError, ModelLoadError
@@ -167,7 +167,12 @@ class VLM:
         max_model_len: a lower limit than the model's context on prompt + new tokens (see `fit_context`).
         """
         settings = GenerationSettings(**gen)
-        prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+        prompt = self.prepare(
+            messages,
+            thinking=thinking,
+            max_image_pixels=max_image_pixels,
+            tools=self._template_tools(settings),
+        )
         config = self.fit_context(prompt.prompt_tokens, settings, max_model_len)
         return self._generate(prompt, settings, config, adapter, TokenClock(), None, self._cache_for(cache))
 
@@ -261,7 +266,12 @@ class VLM:
         self._check_requested_adapter(adapter)
         if settings.schema is not None:  # a schema the grammar engine refuses fails here, as bad input
             self.grammars.compiled(Schema.of(settings.schema))
-        prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+        prompt = self.prepare(
+            messages,
+            thinking=thinking,
+            max_image_pixels=max_image_pixels,
+            tools=self._template_tools(settings),
+        )
         config = self.fit_context(prompt.prompt_tokens, settings, max_model_len)
         return rows.Request(prompt, settings, config, adapter)
 
@@ -308,6 +318,7 @@ class VLM:
         thinking: bool | None = None,
         max_image_pixels: int | None = None,
         add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Prompt:
         """Render and tokenise a conversation with the checkpoint's own template and processor."""
         conversation = prompts.to_conversation(messages, allow_urls=self.allow_urls)
@@ -316,6 +327,7 @@ class VLM:
             conversation.messages,
             thinking=thinking,
             add_generation_prompt=add_generation_prompt,
+            tools=tools,
         )
         features = prompts.encode(
             self.processor,
@@ -423,7 +435,8 @@ class VLM:
         """A prepared batch item, or its error (also a prompt over the context when `settings` is given)."""
         try:
             messages = batching.item_messages(item)
-            prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
+            tools = self._template_tools(settings) if settings is not None else None
+            prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels, tools=tools)
             if settings is not None:
                 self.fit_context(prompt.prompt_tokens, settings)
         except GlmlabError as error:
@@ -632,6 +645,9 @@ class VLM:
             new_ids, request.prompt, request.settings, start, row.clock.first_token_time, end, request.adapter
         )
 
+    def _template_tools(self, settings: GenerationSettings) -> list[dict[str, Any]] | None:
+        return tools.template_tools(settings.tools, settings.tool_choice)
+
     def _row_processors(self, settings: GenerationSettings, prompt: Prompt, prompt_length: int) -> list[Any]:
         """One row's own logits processors: its thinking budget, then its schema (glmlab.structured)."""
         processors: list[Any] = []
@@ -694,6 +710,14 @@ class VLM:
         )
         if settings.schema is not None:
             answer.parsed, answer.error = Schema.of(settings.schema).parse(answer.text)
+        if settings.forced_tool_call:
+            call = answer.parsed if isinstance(answer.parsed, dict) else None
+            answer.tool_calls = [tools.new_call(call["name"], call["arguments"])] if call else []
+            answer.text = ""
+        elif self._template_tools(settings):
+            answer.text, answer.tool_calls = tools.parse_tool_calls(answer.text, settings.tools)
+        if answer.tool_calls:
+            answer.finish_reason = "tool_calls"
         return answer
 
     def _to_device(self, features: Any) -> dict[str, torch.Tensor]:

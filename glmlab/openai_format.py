@@ -30,6 +30,8 @@ GENERATION_FIELDS = {
     "seed": "seed",
     "stop": "stop",
     "max_thinking_tokens": "max_thinking_tokens",
+    "tools": "tools",
+    "tool_choice": "tool_choice",
 }
 EXTENSION_FIELDS = ("top_k", "repetition_penalty", "max_thinking_tokens")
 # the OpenAI request fields `generation_options` reads (vLLM's top_k and repetition_penalty included)
@@ -44,6 +46,8 @@ OPENAI_SAMPLING_FIELDS = (
     "stop",
     "response_format",
     "max_thinking_tokens",
+    "tools",
+    "tool_choice",
 )
 REMOTE_SCHEMES = ("data:", "http://", "https://")
 
@@ -111,6 +115,8 @@ def generation_options(fields: Mapping[str, Any]) -> dict[str, Any]:
         "stop": stop_list(fields.get("stop")),
         "schema": Schema.from_response_format(fields.get("response_format")),
         "max_thinking_tokens": fields.get("max_thinking_tokens"),
+        "tools": fields.get("tools"),
+        "tool_choice": fields.get("tool_choice"),
     }
     return {key: value for key, value in options.items() if value is not None}
 

@@ -7,6 +7,7 @@ what it is asked at inference (a second prompt builder is how train/inference sk
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +179,23 @@ def _copy_message(message: dict, content: Any) -> dict:
     copied = {"role": message["role"], "content": content}
     if message.get("reasoning_content"):
         copied["reasoning_content"] = message["reasoning_content"]
+    if message.get("tool_calls"):
+        copied["tool_calls"] = [_template_call(call) for call in message["tool_calls"]]
+    if message.get("tool_call_id"):
+        copied["tool_call_id"] = message["tool_call_id"]
     return copied
+
+
+def _template_call(call: dict) -> dict:
+    """An OpenAI tool call as the chat template reads it: arguments as a dict, not a JSON string."""
+    function = dict(call.get("function", call))
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            function["arguments"] = json.loads(arguments or "{}")
+        except json.JSONDecodeError:
+            raise InputError(f"tool call {function.get('name')!r}: arguments are not JSON.") from None
+    return {**call, "function": function}
 
 
 def _as_list(images: Any) -> list:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from glmlab import tools
 from glmlab.config import Check, checked_field, is_int, is_number, problems, raise_if_problems
 from glmlab.errors import InputError
 from glmlab.structured import Schema
@@ -120,6 +121,13 @@ class GenerationSettings:
             "",
         ),
     )
+    tools: list[dict[str, Any]] | None = checked_field(
+        None,
+        help="OpenAI function tools the model may call (glmlab.tools); the calls come in Answer.tool_calls.",
+    )
+    tool_choice: Any = checked_field(
+        None, help="auto | none | required | {'type': 'function', 'function': {'name': ...}} (with tools)."
+    )
     do_sample: bool | None = checked_field(
         None,
         help="Sample (true) or decode greedily (false); default: from temperature.",
@@ -136,6 +144,15 @@ class GenerationSettings:
             self.temperature = MIN_TEMPERATURE
         if self.stop is not None:
             self.stop = list(self.stop)
+        if self.tools is not None:
+            self.tools = tools.check_tools(self.tools)
+        self.tool_choice = tools.check_choice(self.tool_choice, self.tools)
+        if self.schema is None:  # a forced call is decoded as JSON fitting the function (glmlab.tools)
+            self.schema = tools.forced_call_schema(self.tools, self.tool_choice)
+
+    @property
+    def forced_tool_call(self) -> bool:
+        return bool(self.tools) and self.tool_choice not in (None, "auto", "none")
 
     def to_dict(self) -> dict[str, Any]:
         """The set options (the schema as given, not copied)."""

@@ -302,7 +302,13 @@ def _add_routes(app: FastAPI, host: ModelHost) -> None:
             raise
         if request.stream:
             events = _events(
-                streams, schemas.new_completion_id(), model_name, request.include_usage, deadline, finished
+                streams,
+                schemas.new_completion_id(),
+                model_name,
+                request.include_usage,
+                deadline,
+                finished,
+                request.tool_mode,
             )
             return EventStreamResponse(
                 events,
@@ -448,6 +454,7 @@ async def _events(
     include_usage: bool,
     deadline: float,
     finished: Callable[[list[Any]], None],
+    tool_mode: str | None = None,
 ) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format: role, content/reasoning deltas, finish, usage, [DONE].
 
@@ -458,14 +465,18 @@ async def _events(
     try:
         for index, stream in enumerate(streams):
             chunk = partial(schemas.chunk_body, completion_id, created, model, index=index)
-            router = schemas.ThinkingRouter()
+            router, gate = schemas.ThinkingRouter(), schemas.ToolCallGate(tool_mode)
             yield _sse(chunk({"role": "assistant", "content": ""}))
             async for piece in _pieces(stream, deadline):
-                for field, text in router.feed(piece):
+                for field, text in gate.route(router.feed(piece)):
                     yield _sse(chunk({field: text}))
-            for field, text in router.flush():
+            for field, text in gate.route([*router.flush(), ("content", None)]):
                 yield _sse(chunk({field: text}))
-            yield _sse(chunk({}, stream.answer.finish_reason))
+            answer = stream.answer
+            if answer.tool_calls:
+                calls = [{"index": position, **call} for position, call in enumerate(answer.tool_calls)]
+                yield _sse(chunk({"tool_calls": calls}))
+            yield _sse(chunk({}, answer.finish_reason))
         answers = [stream.answer for stream in streams]
         finished(answers)
         if include_usage:

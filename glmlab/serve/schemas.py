@@ -24,7 +24,8 @@ MAX_PARTS = 64
 MAX_MESSAGES = 256
 MAX_NEW_TOKENS = 131_072  # GLM-4.6V's context length
 MAX_SCHEMA_CHARS = 65_536  # a response_format schema: bounds what the grammar compiler is given
-MAX_CHOICES = 64  # OpenAI's n: a schema bound; the server's own, lower cap is --max-n
+MAX_CHOICES = 64
+MAX_TOOLS = 128  # functions one request may offer, and calls one message may hold  # OpenAI's n: a schema bound; the server's own, lower cap is --max-n
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
@@ -53,11 +54,45 @@ class ImagePart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+class FunctionCall(_Strict):
+    name: Name
+    arguments: Text  # a JSON object, as OpenAI sends it
+
+
+class ToolCall(_Strict):
+    id: Annotated[str, Field(max_length=128)] | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: Text | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)] | None = None
     reasoning_content: Text | None = None
     name: Name | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=128)] | None = None
+
+
+class FunctionDefinition(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: Annotated[str, Field(max_length=4096)] | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: Name
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"] = "function"
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -121,6 +156,8 @@ class ChatCompletionRequest(_Strict):
     n: int = Field(1, ge=1, le=MAX_CHOICES)  # the server's own cap is --max-n
     response_format: ResponseFormat | None = None
     max_thinking_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS)  # glmlab extension
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
     user: Name | None = None  # accepted for compatibility with OpenAI clients; not used
 
@@ -132,6 +169,13 @@ class ChatCompletionRequest(_Strict):
     @property
     def thinking(self) -> bool | None:
         return self.chat_template_kwargs.enable_thinking if self.chat_template_kwargs else None
+
+    @property
+    def tool_mode(self) -> str | None:
+        """None (no tools, or tool_choice none), "auto" (the model may call) or "forced"."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return "auto" if self.tool_choice in (None, "auto") else "forced"
 
     @property
     def include_usage(self) -> bool:
@@ -193,6 +237,9 @@ def completion_body(completion_id: str, model: str, answers: list[Answer]) -> di
 def _choice(index: int, answer: Answer) -> dict[str, Any]:
     reasoning, content = split_thinking(answer.raw)
     message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    if answer.tool_calls:
+        message["content"] = answer.text or None
+        message["tool_calls"] = answer.tool_calls
     return {"index": index, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}
 
 
@@ -232,6 +279,45 @@ def models_body(base: str, adapters: list[str], created: int) -> dict[str, Any]:
         for name in adapters
     ]
     return {"object": "list", "data": entries}
+
+
+class ToolCallGate:
+    """The streamed content a client sees when tools are on: text up to a `<tool_call>` (the calls
+    follow as one `tool_calls` delta at the end); nothing of a forced call, which is JSON for the
+    calls. Holds back a tail that could start `<tool_call>`. Hand-written, like ThinkingRouter."""
+
+    MARK = "<tool_call>"
+
+    def __init__(self, mode: str | None) -> None:
+        self.mode = mode
+        self.held = ""
+        self.closed = mode == "forced"
+
+    def route(self, deltas: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+        """(field, text) deltas with the content gated; a content delta of None flushes the tail."""
+        routed = []
+        for field, text in deltas:
+            if field == "content" and self.mode is not None:
+                text = self._flush() if text is None else self._feed(text)
+            if text:
+                routed.append((field, text))
+        return routed
+
+    def _feed(self, text: str) -> str:
+        if self.closed:
+            return ""
+        text = self.held + text
+        at = text.find(self.MARK)
+        if at >= 0:
+            self.closed, self.held = True, ""
+            return text[:at]
+        keep = max((n for n in range(1, len(self.MARK)) if text.endswith(self.MARK[:n])), default=0)
+        self.held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def _flush(self) -> str:
+        held, self.held = ("" if self.closed else self.held), ""
+        return held
 
 
 class ThinkingRouter:
