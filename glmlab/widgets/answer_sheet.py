@@ -26,7 +26,7 @@ _CELL = "border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-ali
 _PAGE_STYLE = f"""
 body {{ font-family: system-ui, sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }}
-th, td {{ {_CELL}; }}
+th, td {{ {_CELL}; overflow-wrap: anywhere; }}
 td.answer {{ white-space: pre-wrap; max-width: 40em; }}
 td.error {{ color: #b00020; }}
 """
