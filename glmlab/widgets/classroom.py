@@ -31,11 +31,12 @@ from glmlab.widgets.answer_sheet import AnswerSheet
 from glmlab.widgets.backend import Pair, backend_for, describe_error
 from glmlab.widgets.presets import CLASSROOM_PRESETS
 from glmlab.widgets.preview import numbered_names, thumbnail_png
+from glmlab.widgets.vqa import ACCEPT
 
 logger = logging.getLogger(__name__)
 
-ACCEPT = "image/*,.png,.jpg,.jpeg,.webp,.gif,.bmp,.tif,.tiff,.pdf,application/pdf"
-FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".pdf")
+# the file kinds both widgets take (one list, in vqa.py); a folder is read for files with these suffixes
+FOLDER_SUFFIXES = tuple(kind for kind in ACCEPT.split(",") if kind.startswith("."))
 SAME, PER_PICTURE = "same", "per_picture"  # the two ways to ask (the mode buttons' values)
 GALLERY_PX = 128  # longest side of a gallery thumbnail
 TITLE = "Classroom answers · 课堂问答"
