@@ -115,7 +115,7 @@ class AnswerSheet:
             + "</tr>"
             for row in self.rows
         )
-        header = "".join(f'<th style="{_CELL}">{name}</th>' for name in COLUMNS)
+        header = "".join(f'<th style="{_CELL}; white-space: nowrap">{name}</th>' for name in COLUMNS)
         return (
             '<div style="max-height: 480px; overflow: auto; font-size: 90%">'
             f'<table style="border-collapse: collapse"><tr>{header}</tr>\n{cells}</table></div>'

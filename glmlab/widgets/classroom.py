@@ -131,8 +131,12 @@ class ClassroomWidget(widgets.VBox):
             placeholder="or a folder on the Jupyter machine 或服务器上的文件夹",
             layout=widgets.Layout(width="320px"),
         )
-        self.open_folder_button = widgets.Button(description="Open folder 打开", icon="folder-open")
-        self.clear_images_button = widgets.Button(description="Clear pictures 清空", icon="trash")
+        self.open_folder_button = widgets.Button(
+            description="Open folder 打开", icon="folder-open", layout=widgets.Layout(width="auto")
+        )
+        self.clear_images_button = widgets.Button(
+            description="Clear pictures 清空", icon="trash", layout=widgets.Layout(width="auto")
+        )
         self.gallery = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.image_info = widgets.HTML()
         self.mode = widgets.ToggleButtons(
@@ -173,9 +177,15 @@ class ClassroomWidget(widgets.VBox):
         self.status = widgets.Label("Ready.")
         self.error = widgets.HTML()
         self.table = widgets.HTML(self._sheet.table_html())
-        self.export_csv_button = widgets.Button(description="Export CSV 导出", icon="download")
-        self.export_html_button = widgets.Button(description="Export web page 导出网页", icon="download")
-        self.clear_answers_button = widgets.Button(description="Clear answers 清空回答", icon="trash")
+        self.export_csv_button = widgets.Button(
+            description="Export CSV 导出", icon="download", layout=widgets.Layout(width="auto")
+        )
+        self.export_html_button = widgets.Button(
+            description="Export web page 导出网页", icon="download", layout=widgets.Layout(width="auto")
+        )
+        self.clear_answers_button = widgets.Button(
+            description="Clear answers 清空回答", icon="trash", layout=widgets.Layout(width="auto")
+        )
         self._show_gallery_info()
 
     def _arrange(self) -> None:
