@@ -5,7 +5,8 @@
   checkpoint, target modules anchored to the language model (optionally one vision module too), so
   that base, adapter A and adapter B answer differently under greedy decoding.
 - Servers: `API_KEY`, `data_url`, `image_message`, `GREEDY` (OpenAI field names).
-- Browser tests: `CHROMIUM` (Debian's chromium, driven by Playwright) and `CHROMIUM_ARGS`.
+- Browser tests: `CHROMIUM` (Debian's chromium, driven by Playwright), `CHROMIUM_ARGS`, `lab_page` (a
+  Chromium page on JupyterLab showing a scratch copy of a notebook) and `run_all_cells`.
 - Eval: `EVAL_DIR`, `shapes_suite`, `QUIET`, `script` (sets the scripted tiny model's greedy answer; the
   `scripted` fixture is that model), and a local copy of DocVQA's hub layout (`write_docvqa_copy`,
   `docvqa_rows`).
@@ -16,10 +17,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import os
+import re
+import secrets
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from PIL import Image, ImageDraw
 
 from glmlab.images import image_to_data_url
@@ -215,3 +229,111 @@ def fake_llama_cpp(folder: Path, *, recognises: str | None = None, fails: bool =
     binary.write_text(FAKE_QUANTIZE)
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     return folder
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_lab(root: Path, home: Path, glmlab_home: Path, notebook: str) -> tuple[subprocess.Popen, str]:
+    """JupyterLab on a free loopback port with a fresh token, config and data folders, opening `notebook`
+    (a file name in `root`); returns (process, url)."""
+    port, token = free_port(), secrets.token_hex(16)
+    labconfig, notebook_settings = (
+        home / "config" / "labconfig",
+        home / "settings" / "@jupyterlab" / "notebook-extension",
+    )
+    labconfig.mkdir(parents=True)
+    notebook_settings.mkdir(parents=True)
+    # no "Jupyter news?" toast, no kernel dialog, and every cell stays in the page (no virtual scrolling)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    (notebook_settings / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True})
+    )
+    env = {
+        **os.environ,
+        "GLMLAB_HOME": str(glmlab_home),
+        "HF_HUB_OFFLINE": "1",
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--no-browser",
+        "--allow-root",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        f"--LabApp.workspaces_dir={home / 'workspaces'}",
+        f"--LabApp.user_settings_dir={home / 'settings'}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    with (home / "lab.log").open("w") as log:  # the server keeps its own handle
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+            return process, f"{url}/lab/tree/{notebook}?token={token}"
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.terminate()
+                pytest.fail(f"JupyterLab did not start; its log:\n{(home / 'lab.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def lab_page(notebook: Path, tmp_path: Path, glmlab_home: Path) -> Iterator[Any]:
+    """A Chromium page on JupyterLab showing a scratch copy of `notebook` (nothing is saved into the repo)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright Python package is missing: run scripts/install-browser.sh")
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    shutil.copy(notebook, root / notebook.name)
+    process, url = start_lab(root, tmp_path / "jupyter", glmlab_home, notebook.name)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1400, "height": 1600},
+            )
+            page = browser.new_page()
+            page.set_default_timeout(90_000)
+            page.goto(url)
+            yield page
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def run_all_cells(page, code_cells: int) -> None:
+    """Run > Run All Cells, then wait until every code cell shows an execution count."""
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for()  # the status bar: kernel started
+    page.locator(".jp-Notebook .jp-CodeCell").first.click()  # the notebook is the current widget
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(
+        ".lm-Menu-item:not(.lm-mod-disabled) .lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")
+    ).click()
+    page.wait_for_function(
+        """count => { const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+                      return prompts.length === count && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)); }""",
+        arg=code_cells,
+        timeout=120_000,
+    )
