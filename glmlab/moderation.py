@@ -288,13 +288,20 @@ def moderate(
             rows[index]["error"] = f"judge step: {error}"
         else:
             rows[index].update(result, flagged=result["label"] != policy.allowed_label)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return _table(rows)
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as a DataFrame whose missing cells are None (object columns), pages as integers."""
+    columns = {name: pd.Series([row[name] for row in rows], dtype=object) for name in COLUMNS}
+    columns["page"] = pd.Series([row["page"] for row in rows], dtype="int64")
+    return pd.DataFrame(columns, columns=COLUMNS)
 
 
 def _pages(files: Sequence[Any]) -> tuple[list[dict[str, Any]], list[Any]]:
     """A row and an image per page of each file; a file that cannot be read gets one row with its error."""
-    if isinstance(files, str | Path):
-        files = [files]
+    if not isinstance(files, list | tuple):
+        files = [files]  # one file or image
     rows, images = [], []
     for file in files:
         source = str(file) if isinstance(file, str | Path) else describe(file)
