@@ -55,7 +55,7 @@ def generation_config(base: GenerationConfig, settings: GenerationSettings) -> G
     if "max_new_tokens" not in explicit:
         config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     for key, value in settings.to_dict().items():
-        if key not in ("seed", "stop"):
+        if key not in ("seed", "stop", "schema"):
             setattr(config, key, value)
     if settings.temperature == 0 or settings.do_sample is False:
         config.do_sample = False

@@ -119,8 +119,9 @@ def row_processors(
 class RowSampler(LogitsProcessor):
     """Each row's next token by its own settings (see the module docstring); the rest becomes -inf."""
 
-    def __init__(self, rows: list[Row], pad_lengths: list[int]) -> None:
+    def __init__(self, rows: list[Row], pad_lengths: list[int], constraints: list[Any] | None = None) -> None:
         self.configs = [row.request.config for row in rows]
+        self.constraints = constraints or [None] * len(rows)  # a row's schema (glmlab.structured), first
         self.processors = [
             row_processors(row.request.config, pad) for row, pad in zip(rows, pad_lengths, strict=True)
         ]
@@ -130,6 +131,8 @@ class RowSampler(LogitsProcessor):
         chosen = torch.full_like(scores, -float("inf"))
         for index, (config, processors) in enumerate(zip(self.configs, self.processors, strict=True)):
             row_ids, row_scores = input_ids[index : index + 1], scores[index : index + 1]
+            if self.constraints[index] is not None:
+                row_scores = self.constraints[index](row_ids, row_scores)
             for processor in processors:
                 row_scores = processor(row_ids, row_scores)
             if config.do_sample:
