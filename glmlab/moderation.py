@@ -11,11 +11,12 @@ field like every glmlab config (`glmlab.config`), all problems at once.
 `moderate` asks two questions per image: (1) read the text in it, a plain question; (2) judge that text,
 with the image, against the policy, answered as one JSON object {label, reason, evidence}
 (`Policy.schema()`: the label an enum of the policy's labels, the strings bounded so a constrained answer
-always completes). Reading first keeps the judgement about the words on the image and leaves the read
-text in the table for a human to check; the judge step alone is what `lora/moderation.yaml` trains and
-`eval/moderation.yaml` scores (on the synthetic set, given the true text). The answer's JSON is taken
-from `Answer.parsed` when the model filled it, else found in the text (`glmlab.answer.parse_json_object`);
-a row whose judgement is missing or names no label of the policy says why in `error`.
+always completes within `JUDGE_TOKENS`). Reading first keeps the judgement about the words on the image
+and leaves the read text in the table for a human to check; the judge step alone is what `lora/moderation.yaml` trains and
+`eval/moderation.yaml` scores (on the synthetic set, given the true text). The judgement is
+`Answer.parsed` of the constrained answer, else the JSON object found in the text
+(`glmlab.answer.parse_json_object`); a row whose judgement is missing or names no label of the
+policy says why in `error`.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from glmlab.interface import DEFAULT_ADAPTER, AdapterChoice, LocalModel, Model
 
 __all__ = [
     "COLUMNS",
+    "JUDGE_TOKENS",
     "READ_QUESTION",
     "Label",
     "Policy",
@@ -64,8 +66,11 @@ READ_QUESTION = (
     "Read all the text in this image, line by line, exactly as written and in its own language. "
     "Answer with the text only."
 )
-REASON_MAX_CHARS = 160  # schema bounds: a constrained judgement always fits judge_tokens
-EVIDENCE_MAX_CHARS = 160
+REASON_MAX_CHARS = 100  # the schema's bounds on the two free strings of a judgement
+EVIDENCE_MAX_CHARS = 100
+# Enough tokens for the longest judgement the schema allows, so a constrained answer always completes:
+# a character can cost up to 6 tokens (a \uXXXX escape), plus the keys, the longest label and braces.
+JUDGE_TOKENS = 6 * (REASON_MAX_CHARS + EVIDENCE_MAX_CHARS) + 64
 COLUMNS = ["source", "page", "text", "label", "flagged", "reason", "evidence", "error"]
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
 
@@ -215,16 +220,14 @@ def judgement(answer: Answer, policy: Policy) -> tuple[dict[str, str] | None, st
     """(label, reason, evidence) of a judge answer, or (None, why not).
 
     `Answer.parsed` (a constrained answer) is used when the model filled it; otherwise the first JSON
-    object of the text. The label must be one of the policy's; reason and evidence are strings ("" when
-    absent).
+    object of the text (an answer asked without the schema, or from a server that ignores it). The label
+    must be one of the policy's; reason and evidence are strings ("" when absent).
     """
+    cut = " (cut by max_new_tokens: raise judge_tokens)" if answer.finish_reason == "length" else ""
     if answer.error is not None:
-        return None, answer.error
-    parsed = getattr(answer, "parsed", None)
-    if parsed is None:
-        parsed = parse_json_object(answer.text)
+        return None, answer.error + cut
+    parsed = answer.parsed if answer.parsed is not None else parse_json_object(answer.text)
     if not isinstance(parsed, Mapping):
-        cut = " (cut by max_new_tokens: raise judge_tokens)" if answer.finish_reason == "length" else ""
         return None, f"no JSON object in the judge's answer{cut}: {_short(answer.text)}"
     label = parsed.get("label")
     if label not in policy.names:
@@ -245,15 +248,17 @@ def moderate(
     *,
     batch_size: int = 8,
     read_tokens: int = 256,
-    judge_tokens: int = 256,
+    judge_tokens: int = JUDGE_TOKENS,
     read_adapter: AdapterChoice = DEFAULT_ADAPTER,
     judge_adapter: AdapterChoice = DEFAULT_ADAPTER,
     max_image_pixels: int | None = None,
 ) -> pd.DataFrame:
     """One row per image of `files` (per page of a PDF): the text read, the policy's label and why.
 
-    files: paths or any image input `glmlab.images.to_pil` takes. A local model answers in batches of
-    `batch_size`; a `Client` one request at a time. Greedy, without thinking. read_adapter and
+    files: a list of paths or of any image input `glmlab.images.to_pil` takes (or one of them). A local
+    model answers in batches of `batch_size`; a `Client` one request at a time. Greedy, without
+    thinking; the judge step constrained to `policy.schema()` (`schema=`, glmlab.structured; a server
+    gets it as `response_format`), with judge_tokens enough for the longest judgement it allows. read_adapter and
     judge_adapter choose the LoRA adapter of each step (a judge trained with lora/moderation.yaml).
     Columns: source, page (1-based), text, label, flagged (label is not the allowed one), reason,
     evidence, error (None when the row was judged; a file that cannot be read, or a judgement that
@@ -280,7 +285,7 @@ def moderate(
         model,
         [(images[i], judge_prompt(policy, rows[i]["text"])) for i in judged],
         batch_size,
-        {**options, "max_new_tokens": judge_tokens, "adapter": judge_adapter},
+        {**options, "max_new_tokens": judge_tokens, "adapter": judge_adapter, "schema": policy.schema()},
     )
     for index, answer in zip(judged, verdicts, strict=True):
         result, error = judgement(answer, policy)
@@ -292,9 +297,11 @@ def moderate(
 
 
 def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """The rows as a DataFrame whose missing cells are None (object columns), pages as integers."""
+    """The rows as a DataFrame whose missing cells are None (object columns), pages as integers and
+    `flagged` as pandas' nullable boolean (NA for a row not judged; `table[table.flagged]` skips it)."""
     columns = {name: pd.Series([row[name] for row in rows], dtype=object) for name in COLUMNS}
     columns["page"] = pd.Series([row["page"] for row in rows], dtype="int64")
+    columns["flagged"] = pd.Series([row["flagged"] for row in rows], dtype="boolean")
     return pd.DataFrame(columns, columns=COLUMNS)
 
 

@@ -14,7 +14,15 @@ from glmlab.answer import Answer
 from glmlab.data import GENERATORS, generate, generate_moderation, to_dialogue
 from glmlab.data.moderation import LABELS
 from glmlab.errors import ConfigError
-from glmlab.moderation import COLUMNS, READ_QUESTION, judge_prompt, judgement, load_policy, moderate
+from glmlab.moderation import (
+    COLUMNS,
+    JUDGE_TOKENS,
+    READ_QUESTION,
+    judge_prompt,
+    judgement,
+    load_policy,
+    moderate,
+)
 
 SMALL_POLICY = {
     "name": "small",
@@ -132,6 +140,13 @@ def test_judgement_takes_the_json_object_and_checks_the_label():
         "no JSON object in the judge's answer (cut by max_new_tokens: raise judge_tokens): '{\"label\": \"sp'",
     )
     assert judgement(Answer(text="", finish_reason="error", error="boom"), policy) == (None, "boom")
+    constrained = Answer(text="ignored", parsed={"label": "allowed", "reason": "fine", "evidence": ""})
+    assert judgement(constrained, policy) == ({"label": "allowed", "reason": "fine", "evidence": ""}, None)
+    cut = Answer(text='{"label":"spam","reason":"ab', finish_reason="length", error="the answer is not JSON")
+    assert judgement(cut, policy) == (
+        None,
+        "the answer is not JSON (cut by max_new_tokens: raise judge_tokens)",
+    )
 
 
 # ---- the generator ------------------------------------------------------------------------------------
@@ -205,18 +220,22 @@ def test_moderate_gives_a_row_per_page_each_judged_or_saying_why(vlm, tmp_path):
     images[0].save(pdf, save_all=True, append_images=[images[1]])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    table = moderate(vlm, [*paths, pdf, broken], SMALL_POLICY, batch_size=4, read_tokens=8, judge_tokens=16)
+    table = moderate(vlm, [*paths, pdf, broken], SMALL_POLICY, batch_size=4, read_tokens=8)
     assert list(table.columns) == COLUMNS
     assert list(table.source) == [str(paths[0]), str(paths[1]), str(pdf), str(pdf), str(broken)]
     assert list(table.page) == [1, 1, 1, 2, 1]
     assert table.error.iloc[-1].startswith(f"{broken.name}: ") or str(broken) in table.error.iloc[-1]
     assert table.label.iloc[-1] is None and table.text.iloc[-1] is None
-    for row in table.itertuples():
-        judged = row.label in ("allowed", "spam") and row.error is None
-        assert judged or (row.label is None and isinstance(row.error, str) and row.error), row
-        if row.error is None:
-            assert row.flagged == (row.label == "spam")
-    assert all(isinstance(text, str) for text in table.text.iloc[:4])
+    judged = table.iloc[:4]  # the constrained judge always answers a label of the policy
+    assert list(judged.error) == [None] * 4, list(judged.error)
+    assert set(judged.label) <= {"allowed", "spam"}
+    assert list(judged.flagged) == [label == "spam" for label in judged.label]
+    assert all(
+        isinstance(text, str) and isinstance(reason, str)
+        for text, reason in zip(judged.text, judged.reason, strict=True)
+    )
+    assert all(len(reason) <= 100 for reason in judged.reason)
+    assert table.flagged.isna().iloc[-1] and len(table[table.flagged]) == sum(judged.label == "spam")
 
 
 def test_the_read_question_asks_for_the_text_only():
@@ -230,13 +249,11 @@ def test_the_read_question_asks_for_the_text_only():
 def test_the_moderation_suite_runs_end_to_end_on_tiny(vlm):
     from glmlab.eval import Suite, evaluate
 
-    suite = Suite.from_yaml(
-        EVAL_DIR / "moderation.yaml", overrides={"generation.max_new_tokens": 4, "data.options.size": 224}
-    )
+    suite = Suite.from_yaml(EVAL_DIR / "moderation.yaml", overrides={"data.options.size": 224})
     run = evaluate(suite, vlm, limit=4, **QUIET)
     summary = run.summary.set_index("statistic")
     assert set(run.summary.metric) == {"label_f1"}
-    assert summary.loc["samples", "value"] == 4
+    assert (summary.loc["samples", "value"], summary.loc["unparsed", "value"]) == (4, 0)  # constrained
     assert 0 <= summary.loc["macro_f1", "value"] <= 1
     assert (
         summary.loc["macro_f1", "ci_low"]
@@ -245,6 +262,14 @@ def test_the_moderation_suite_runs_end_to_end_on_tiny(vlm):
     )
     assert {f"{label}/support" for label in set(run.samples.label)} <= set(summary.index)
     assert set(run.samples.columns) >= {"label", "language", "kind"}
+
+
+def test_the_suite_constrains_answers_as_moderate_does():
+    from glmlab.eval import Suite
+
+    generation = Suite.from_yaml(EVAL_DIR / "moderation.yaml").generation
+    assert generation["schema"] == load_policy().schema()
+    assert generation["max_new_tokens"] == JUDGE_TOKENS
 
 
 def test_the_moderation_recipe_trains_the_judge_on_the_generator():
@@ -258,8 +283,7 @@ def test_the_moderation_recipe_trains_the_judge_on_the_generator():
 
 
 def test_images_in_memory_are_moderated_too_and_named_by_their_kind(vlm):
-    table = moderate(vlm, Image.new("RGB", (56, 56), "white"), SMALL_POLICY, read_tokens=1, judge_tokens=1)
+    table = moderate(vlm, Image.new("RGB", (56, 56), "white"), SMALL_POLICY, read_tokens=1, judge_tokens=4)
     assert list(table.source) == ["Image"]
-    assert table.error.iloc[0].startswith(
-        "judge step: no JSON object in the judge's answer (cut by max_new_tokens"
-    )
+    assert table.error.iloc[0].startswith("judge step: the answer is not JSON")
+    assert table.error.iloc[0].endswith("(cut by max_new_tokens: raise judge_tokens)")
