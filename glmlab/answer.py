@@ -16,6 +16,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import json5
+
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
@@ -24,6 +26,7 @@ _NUMBER = r"\s*(\d+(?:\.\d+)?)\s*"
 _GROUP = rf"\[{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}\]"
 _GROUP_RE = re.compile(_GROUP)
 _GROUPS_RE = re.compile(rf"\s*{_GROUP}(?:\s*,\s*{_GROUP})*\s*")  # "[..]" or "[..], [..]"
+_FENCE_RE = re.compile(r"```[ \t]*(?:json5?|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
 _BOX_MAX = 1000  # GLM-V's box coordinates are thousandths of the image side
 
 
@@ -171,3 +174,64 @@ def box_to_pixels(box: list[float], width: int, height: int) -> tuple[int, int, 
         round(x2 / 1000 * width),
         round(y2 / 1000 * height),
     )
+
+
+def parse_json_object(answer: str) -> dict[str, Any] | None:
+    """The first JSON object in an answer's text, looking inside ```json fences first; None if none parses.
+
+    Strict JSON is tried first; `json5` then accepts trailing commas, single quotes and unquoted
+    keys. A balanced `{...}` that still does not parse is skipped as a whole (its inner objects are
+    not returned, since they would be fragments of what the model meant). Arrays are not objects.
+    The brace matching is written by hand: parsers read one value, not the first one in prose.
+    """
+    for block in [*_FENCE_RE.findall(answer), answer]:
+        for candidate in _balanced_objects(block):
+            parsed = _parse_object(candidate)
+            if parsed is not None:
+                return parsed
+    return None
+
+
+def _balanced_objects(text: str):
+    """Yield each top-level balanced `{...}` substring in order, skipping braces inside strings."""
+    start = text.find("{")
+    while start != -1:
+        end = _matching_brace(text, start)
+        if end is None:  # cut off mid-object: nothing later can be complete either
+            return
+        yield text[start : end + 1]
+        start = text.find("{", end + 1)
+
+
+def _matching_brace(text: str, start: int) -> int | None:
+    """Index of the `}` closing the `{` at `start`, honouring "..." and '...' strings and escapes."""
+    depth, quote, escaped = 0, None, False
+    for index in range(start, len(text)):
+        char = text[index]
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return index
+    return None
+
+
+def _parse_object(candidate: str) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(candidate)
+    except ValueError:
+        try:
+            parsed = json5.loads(candidate)
+        except (ValueError, RecursionError):
+            return None
+    return parsed if isinstance(parsed, dict) else None

@@ -10,6 +10,7 @@ import pytest
 import glmlab.eval
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.extract import extract_number
+from glmlab.eval.labels import LabelPrediction
 from glmlab.eval.metrics import (
     METRICS,
     MedicalVQAScore,
@@ -19,6 +20,7 @@ from glmlab.eval.metrics import (
     bootstrap_ci,
     exact_match,
     get_metric,
+    label_f1,
     medical_vqa,
     normalize_text,
     paired_bootstrap_pvalue,
@@ -334,13 +336,62 @@ def test_aggregate_medical_vqa_empty_bucket_reports_only_count():
     }
 
 
+# --- label_f1 (single-label classification) -------------------------------------------------------
+
+
+def test_label_f1_reads_labels_from_dicts_json_text_and_plain_text():
+    reference = '{"label": "spam", "reason": "r", "evidence": "e"}'
+    assert label_f1({"label": "spam", "reason": "x"}, [reference]) == LabelPrediction(1.0, "spam", "spam")
+    assert label_f1('Verdict: {"label": "ok"}', [reference]) == LabelPrediction(0.0, "spam", "ok")
+    assert label_f1(" spam ", ["spam"]) == LabelPrediction(1.0, "spam", "spam")
+    assert label_f1({"verdict": "spam"}, [reference]) == LabelPrediction(0.0, "spam", None)
+    assert label_f1(None, ["ok", "spam"]) == LabelPrediction(0.0, "ok", None)
+    assert label_f1({"category": "spam"}, [{"category": "spam"}], key="category").score == 1.0
+
+
+def test_label_f1_summary_is_per_label_precision_recall_f1_and_macro_f1():
+    # expected  a a a b b c d ; predicted a a b b - c a   (- = no label read)
+    pairs = [("a", "a"), ("a", "a"), ("a", "b"), ("b", "b"), ("b", None), ("c", "c"), ("d", "a")]
+    results = [label_f1(None if p is None else {"label": p}, [{"label": e}]) for e, p in pairs]
+    summary = aggregate_metric("label_f1", results)
+    # a: TP 2, FP 1 (d), FN 1 -> P 2/3, R 2/3; b: TP 1, FP 1, FN 1 -> 1/2, 1/2; c: 1, 1; d: 0 (no TP)
+    assert list(summary)[:4] == ["macro_f1", "accuracy", "samples", "unparsed"]
+    assert summary["accuracy"] == pytest.approx(4 / 7)
+    assert (summary["samples"], summary["unparsed"]) == (7, 1)
+    assert summary["a/precision"] == pytest.approx(2 / 3) and summary["a/recall"] == pytest.approx(2 / 3)
+    assert summary["a/f1"] == pytest.approx(2 / 3) and summary["a/support"] == 3
+    assert (summary["b/precision"], summary["b/recall"], summary["b/f1"]) == (0.5, 0.5, 0.5)
+    assert (summary["c/precision"], summary["c/recall"], summary["c/f1"]) == (1.0, 1.0, 1.0)
+    assert (summary["d/precision"], summary["d/recall"], summary["d/f1"], summary["d/support"]) == (
+        0.0,
+        0.0,
+        0.0,
+        1,
+    )
+    assert summary["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 1.0 + 0.0) / 4)
+
+
+def test_label_f1_counts_a_predicted_label_outside_the_references_as_its_own_class():
+    results = [label_f1({"label": "spam"}, ["ok"]), label_f1({"label": "ok"}, ["ok"])]
+    summary = aggregate_metric("label_f1", results)
+    assert (summary["spam/precision"], summary["spam/support"]) == (0.0, 0)
+    assert (summary["ok/precision"], summary["ok/recall"]) == (1.0, 0.5)
+    assert summary["macro_f1"] == pytest.approx((0.0 + 2 / 3) / 2)
+
+
 # --- registry ------------------------------------------------------------------------------------
 
 
 def test_registry_holds_every_builtin_metric():
-    assert {"exact_match", "anls", "vqa_accuracy", "relaxed_accuracy", "field_f1", "medical_vqa"} <= set(
-        METRICS
-    )
+    assert {
+        "exact_match",
+        "anls",
+        "vqa_accuracy",
+        "relaxed_accuracy",
+        "field_f1",
+        "medical_vqa",
+        "label_f1",
+    } <= set(METRICS)
 
 
 def test_get_metric_returns_registered_function():

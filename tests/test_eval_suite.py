@@ -36,6 +36,7 @@ def test_every_shipped_suite_is_valid():
         "invoices-zh",
         "invoices-en",
         "medical-phantoms",
+        "moderation",
         "docvqa",
     }
     problems = {path.name: suite_problems(yaml.safe_load(path.read_text(encoding="utf-8"))) for path in files}

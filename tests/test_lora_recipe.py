@@ -25,7 +25,13 @@ def test_every_shipped_recipe_is_valid():
     assert not failures, "invalid recipes:\n" + "\n".join(
         f"{name}: {error}" for name, error in failures.items()
     )
-    assert {path.stem for path in SHIPPED} >= {"invoices-zh", "invoices-en", "medical-phantoms", "shapes"}
+    assert {path.stem for path in SHIPPED} >= {
+        "invoices-zh",
+        "invoices-en",
+        "medical-phantoms",
+        "moderation",
+        "shapes",
+    }
 
 
 def test_shipped_recipes_open_with_a_comment_block_and_comment_every_knob():

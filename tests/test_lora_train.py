@@ -337,11 +337,13 @@ RECIPE_OVERRIDES = {
     "invoices-zh": INVOICE_OVERRIDES,
     "invoices-en": INVOICE_OVERRIDES,
     "medical-phantoms": {"data.n": 32},
+    "moderation": {"data.n": 8, "data.options.size": 224, "optimizer.gradient_accumulation_steps": 1},
 }
 RECORDED_LOSSES = {
     "invoices-en": [11.977451, 11.964664],
     "invoices-zh": [11.954375, 11.947277],
     "medical-phantoms": [11.972975, 11.94577],
+    "moderation": [11.956322, 11.9362],
     "shapes": [12.012343, 11.724083],
 }
 

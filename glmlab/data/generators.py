@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from glmlab.data.invoices import generate_invoices
+from glmlab.data.moderation import generate_moderation
 from glmlab.data.phantoms import generate_phantoms
 from glmlab.data.shapes import generate_shapes
 from glmlab.errors import ConfigError
@@ -18,6 +19,7 @@ GENERATORS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "invoices-zh": functools.partial(generate_invoices, language="zh"),
     "invoices-en": functools.partial(generate_invoices, language="en"),
     "medical-phantoms": generate_phantoms,
+    "moderation": generate_moderation,
 }
 
 

@@ -11,21 +11,18 @@ Extractors are registered by name in `EXTRACTORS` so an eval suite can name them
 `text`, `json`, `number`, `yes_no`, `choice`. A user adds one by assigning into the dict.
 
 The pattern matching below is written by hand: no library extracts answers from free-form
-Chinese/English model prose. JSON parsing itself is `json`, with `json5` as a safe fallback
-(a real parser, no eval) for trailing commas and single quotes.
+Chinese/English model prose. JSON objects are found by `glmlab.answer.parse_json_object`
+(`json`, with `json5` as a safe fallback for trailing commas and single quotes).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-import json5
-
-from glmlab.answer import split_thinking, strip_box_tags
+from glmlab.answer import parse_json_object, split_thinking, strip_box_tags
 from glmlab.errors import ConfigError
 from glmlab.eval.numbers import NumberRules, parse_number
 
@@ -40,7 +37,6 @@ __all__ = [
     "get_extractor",
 ]
 
-_FENCE_RE = re.compile(r"```[ \t]*(?:json5?|JSON)?[ \t]*\n?(.*?)```", re.DOTALL)
 # A number not glued to a preceding letter or digit ("COVID-19" is 19, not -19), with optional
 # thousands separators, decimals, and a trailing percent sign or Chinese magnitude (万 = 1e4, 亿 = 1e8).
 _FREE_TEXT = NumberRules(find=True, magnitudes=True)  # units ignored, "45%" is 45, 万/亿 multiply
@@ -81,64 +77,9 @@ def extract_text(text: str) -> str:
 
 
 def extract_json(text: str) -> dict[str, Any] | None:
-    """The first JSON object in the answer, looking inside ```json fences first; None if none parses.
-
-    Strict JSON is tried first; `json5` then accepts trailing commas, single quotes and unquoted
-    keys. A balanced `{...}` that still does not parse is skipped as a whole (its inner objects are
-    not returned, since they would be fragments of what the model meant). Arrays are not objects.
-    """
-    answer = final_text(text)
-    for block in [*_FENCE_RE.findall(answer), answer]:
-        for candidate in _balanced_objects(block):
-            parsed = _parse_object(candidate)
-            if parsed is not None:
-                return parsed
-    return None
-
-
-def _balanced_objects(text: str):
-    """Yield each top-level balanced `{...}` substring in order, skipping braces inside strings."""
-    start = text.find("{")
-    while start != -1:
-        end = _matching_brace(text, start)
-        if end is None:  # cut off mid-object: nothing later can be complete either
-            return
-        yield text[start : end + 1]
-        start = text.find("{", end + 1)
-
-
-def _matching_brace(text: str, start: int) -> int | None:
-    """Index of the `}` closing the `{` at `start`, honouring "..." and '...' strings and escapes."""
-    depth, quote, escaped = 0, None, False
-    for index in range(start, len(text)):
-        char = text[index]
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in "\"'":
-            quote = char
-        elif char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index
-    return None
-
-
-def _parse_object(candidate: str) -> dict[str, Any] | None:
-    try:
-        parsed = json.loads(candidate)
-    except ValueError:
-        try:
-            parsed = json5.loads(candidate)
-        except (ValueError, RecursionError):
-            return None
-    return parsed if isinstance(parsed, dict) else None
+    """The first JSON object in the final answer (`glmlab.answer.parse_json_object`: ```json fences
+    first, strict JSON then json5); None if none parses."""
+    return parse_json_object(final_text(text))
 
 
 def extract_number(text: str) -> float | None:

@@ -15,12 +15,13 @@ Every registered metric is called the same way, one sample at a time::
 - `options`: keyword-only settings of that metric, from the suite YAML (`threshold=0.5`) or, for
   per-sample ones such as medical_vqa's `question_type`, from the data row. A misspelt option is a
   TypeError, never silently ignored.
-- The result is a float in [0, 1], or, for the structured metrics (`field_f1`, `medical_vqa`), a
+- The result is a float in [0, 1], or, for the structured metrics (`field_f1`, `medical_vqa`, `label_f1`), a
   dataclass whose `.score` float is the sample's number and whose other fields carry what the
   corpus-level numbers need. `sample_score(result)` gives the float for either kind.
 
 A run's results are summarised with `aggregate_metric(name, results)` -> dict[str, float]: the mean
-for plain metrics, micro-averaged P/R/F1 for field_f1, per-bucket numbers for medical_vqa.
+for plain metrics, micro-averaged P/R/F1 for field_f1, per-bucket numbers for medical_vqa, macro F1 and
+per-label P/R/F1 for label_f1.
 `bootstrap_ci` and `paired_bootstrap_pvalue` (from `glmlab.eval.stats`) put error bars on a mean.
 
 A user metric joins the registry with `@register_metric("name")` (plus `aggregate=` if a mean is
@@ -40,6 +41,7 @@ from rapidfuzz.distance import Levenshtein
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.extract import extract_choice, extract_yes_no
 from glmlab.eval.fields import FieldScores, aggregate_field_scores, score_fields
+from glmlab.eval.labels import LabelPrediction, aggregate_labels, label_of
 from glmlab.eval.numbers import NumberRules, parse_number
 from glmlab.eval.stats import bootstrap_ci, paired_bootstrap_pvalue
 from glmlab.eval.vqa_normalize import normalize_vqa_answer
@@ -55,6 +57,7 @@ __all__ = [
     "exact_match",
     "field_f1",
     "get_metric",
+    "label_f1",
     "medical_vqa",
     "normalize_text",
     "paired_bootstrap_pvalue",
@@ -306,6 +309,20 @@ def field_f1(
     """
     scored = [score_fields(prediction, ref, field_kinds, fields) for ref in _as_references(references)]
     return max(scored, key=lambda result: result.f1)
+
+
+@register_metric("label_f1", aggregate=aggregate_labels)
+def label_f1(prediction: Any, references: Any, *, key: str = "label") -> LabelPrediction:
+    """One single-label classification answer (`glmlab.eval.labels`): the label read from the prediction
+    (a dict's `key`, the JSON object in a text, or the text itself) against the reference's.
+
+    Several references: a match with any counts. The summary is macro F1, accuracy and per-label
+    precision, recall, F1 and support.
+    """
+    expected = [label_of(ref, key) for ref in _as_references(references)]
+    predicted = label_of(prediction, key) if prediction is not None else None
+    hit = predicted is not None and predicted in expected
+    return LabelPrediction(float(hit), predicted if hit else expected[0], predicted)
 
 
 @register_metric("medical_vqa", aggregate=aggregate_medical_vqa)

@@ -337,7 +337,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 # ---- the lora/README.md table -------------------------------------------------------------------
 
-README_RECIPES = ("shapes", "invoices-zh", "invoices-en", "medical-phantoms")
+README_RECIPES = ("shapes", "invoices-zh", "invoices-en", "medical-phantoms", "moderation")
 # How each recipe is run on the real model: shapes drops its tiny-model-only lm_head (see shapes.yaml).
 REAL_MODEL_OVERRIDES = {"shapes": {"adapter.modules_to_save": []}}
 
