@@ -88,6 +88,7 @@ def main() -> None:
             max_batch_size=batch,
             max_concurrency=4 * CLIENTS,
             max_queue_wait_s=3600,
+            timeout_s=3600,
         )
         servers[name] = glmlab.serve.start(vlm, settings, port=0)
         clients[name] = glmlab.Client(servers[name].url, retries=0, timeout=600)
