@@ -81,6 +81,7 @@ def main() -> None:
         for seed, name in enumerate(("alpha", "beta"), 1)
     }
     servers, clients = {}, {}
+    batch_sizes: dict[str, list[int]] = {}
     for name, batch in (("batching off", 1), ("batching on", CLIENTS)):
         settings = ServerSettings(
             model=vlm.source,
@@ -91,6 +92,8 @@ def main() -> None:
             timeout_s=3600,
         )
         servers[name] = glmlab.serve.start(vlm, settings, port=0)
+        batcher = servers[name].app.state.host.batcher
+        batcher.on_batch = lambda rows, seen=batch_sizes.setdefault(name, []): seen.append(len(rows))
         clients[name] = glmlab.Client(servers[name].url, retries=0, timeout=600)
     models = [None, "alpha", "beta"]
     try:
@@ -127,6 +130,7 @@ def main() -> None:
                 "latency_p50_s": percentile(latency, 0.5),
                 "latency_p95_s": percentile(latency, 0.95),
                 "one_client_latency_s": statistics.median(single[name]),
+                "mean_batch_rows": statistics.fmean(batch_sizes[name]),
             }
         )
     table = pd.DataFrame(rows)
