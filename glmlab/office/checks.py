@@ -169,7 +169,13 @@ def check_reimbursements(
     also flagged as a near duplicate. near=None: the duplicate rule only.
     """
     fields = DEFAULT_KEYS if near is None else tuple(dict.fromkeys(DEFAULT_KEYS + NEAR_FIELDS))
-    _check_columns("check_reimbursements", extracted, history, fields, "Rename the columns to these")
+    _check_columns(
+        "check_reimbursements",
+        extracted,
+        history,
+        fields,
+        "Both tables need them (near=None: no seller needed)",
+    )
     claimed = [_Claim.of("history", label, row) for label, row in history.loc[:, list(fields)].iterrows()]
     flags = []
     for label, row in extracted.loc[:, list(fields)].iterrows():
@@ -205,7 +211,7 @@ def _near_flag(claim: _Claim, other: _Claim, near: NearRules) -> dict[str, Any] 
     if score < near.seller_score:
         return None
     reason = (
-        f"like {other.source} row {other.label!r}: sellers {score:.0f}% alike, totals {difference:f} "
+        f"like {other.source} row {other.label!r}: sellers {score:.0f}% alike, totals {difference:.2f} "
         f"apart (at most {allowed:.2f}), dates {days} day(s) apart (at most {near.days})"
     )
     return _flag(claim, other, "medium", "near_duplicate", reason, score)

@@ -173,7 +173,8 @@ def _typed(column: pd.Series, spec: dict[str, Any], kind: str | None) -> pd.Seri
     if kind == "amount":
         return pd.to_numeric(column, errors="coerce").astype("Float64")
     if kind == "date":
-        return pd.to_datetime(column, format="%Y-%m-%d", errors="coerce")  # NaT: not a calendar date
+        dates = pd.to_datetime(column, format="%Y-%m-%d", errors="coerce")  # NaT: not a calendar date
+        return dates.astype("datetime64[s]")
     if types == {"integer"}:
         return column.astype("Int64")
     if types == {"number"}:

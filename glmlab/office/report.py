@@ -14,7 +14,6 @@ import pandas as pd
 from glmlab.office.checks import RISKS
 
 RISK_COLOURS = {"high": "#f8d0d0", "medium": "#fde8c0", "unread": "#dde4f0", "ok": ""}
-FLAG_SHOWN = ["row", "risk", "rule", "source", "match", "reason"]
 
 
 def html_report(
@@ -39,7 +38,7 @@ def html_report(
         "<h2>Invoices</h2>",
         _styled(summary.rename_axis("row").reset_index()),
         "<h2>Flags</h2>",
-        _styled(flags[FLAG_SHOWN]) if len(flags) else "<p>No flags.</p>",
+        _styled(flags) if len(flags) else "<p>No flags.</p>",
         "</body></html>",
     ]
     page = "\n".join(parts)
