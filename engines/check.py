@@ -42,6 +42,7 @@ SCRIPT_OF = {
 }
 TIMEOUT_S = 900
 MAX_NEW_TOKENS = 8
+MANIFEST = "glmlab_export.json"  # glmlab.export.MANIFEST
 TEXT_PROMPTS = ["What is the capital of France?", "Count from one to five.", "你好，请介绍一下你自己。"]
 IMAGE_PROMPT = "What colour is the square?"
 GGUF_QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -123,9 +124,14 @@ class Exports:
     def adapter(self, name: str) -> Path:
         """Raw adapters (as training writes them) of the tiny model; see ADAPTERS."""
         from glmlab.adapters import random_adapter
+        from glmlab.lora.recipe import VISION_TARGETS
 
         options = dict(ADAPTERS[name])
         dora = options.pop("use_dora", False)
+        vision = options.pop("vision", None)
+        if vision:  # the vision targets a recipe's adapt_vision trains, the tower's less attn.qkv, or qkv
+            targets = VISION_TARGETS.get(vision) or {"tower": TOWER_SERVED, "qkv": QKV}[vision]
+            options["target_modules"] = f"({options['target_modules']}|{targets})"
 
         def make(out: Path) -> Path:
             path = random_adapter(self.tiny, out, **options)
@@ -153,17 +159,29 @@ ADAPTERS: dict[str, dict] = {
         "seed": 2,
         "target_modules": TEXT + r"(self_attn\.(q|k|v|o)_proj|mlp\.(gate_up|down)_proj)",
     },
-    "with_vision": {
-        "rank": 4,
-        "seed": 3,
-        "target_modules": r"(" + TEXT + r"self_attn\.(q|v)_proj|.*visual\.blocks\.\d+\.attn\.qkv)",
+    # with vision modules: served through vLLM's tower/connector LoRA (the blocks' attn.qkv dropped)
+    "vision_all": {"rank": 4, "seed": 3, "target_modules": TEXT + r"self_attn\.(q|v)_proj", "vision": "all"},
+    "tower": {
+        "rank": 8,
+        "alpha": 16,
+        "seed": 6,
+        "target_modules": TEXT + r"self_attn\.o_proj",
+        "vision": "tower",
     },
+    "merger": {"rank": 4, "seed": 7, "target_modules": TEXT + r"mlp\.down_proj", "vision": "merger"},
+    # vision modules vLLM has no LoRA layer for: dropped on export, refused by glmlab's serve line as they are
+    "qkv": {"rank": 4, "seed": 8, "target_modules": TEXT + r"self_attn\.q_proj", "vision": "qkv"},
     # refused by glmlab's vLLM export
     "modules_to_save": {"rank": 4, "seed": 4, "modules_to_save": ["lm_head"]},
     "dora": {"rank": 4, "seed": 5, "use_dora": True},
 }
-EXPORTED = ("attention", "all_text", "with_vision")
-REFUSED = ("modules_to_save", "dora")
+# a recipe's `adapt_vision: all` less the blocks' attn.qkv, which vLLM has no LoRA layer for
+TOWER_SERVED = r".*visual\.(blocks\.\d+\.(attn\.proj|mlp\.(gate_proj|up_proj|down_proj))|merger\.(proj|gate_proj|up_proj|down_proj))"
+QKV = r".*visual\.blocks\.\d+\.attn\.qkv"
+EXPORTED = ("attention", "all_text", "vision_all", "tower", "merger")
+IMAGES = ("tower", "merger")  # every vision module of theirs is served: vLLM's image embeddings = glmlab's
+REFUSED = ("modules_to_save", "dora")  # by glmlab's export
+SERVED_AS_IS_REFUSED = ("vision_all", "qkv")  # by glmlab's serve line: vision gate/up unfused, attn.qkv
 
 
 def glmlab_cli(*args: str) -> str:
@@ -180,6 +198,19 @@ def glmlab_export(adapter: Path, out: Path, fmt: str) -> Path:
     """`glmlab export ADAPTER --format FMT --out OUT`."""
     glmlab_cli("export", str(adapter), "--format", fmt, "--out", str(out))
     return out
+
+
+def glmlab_refuses_to_serve(adapter: Path) -> str | None:
+    """glmlab's refusal to put `adapter` as it is on a `vllm serve` line, None when it does."""
+    from glmlab.errors import ConfigError
+    from glmlab.serve.engines.vllm import vllm_command
+    from glmlab.serve.settings import ServerSettings
+
+    try:
+        vllm_command(ServerSettings(model="tiny", adapters={adapter.name: str(adapter)}))
+    except ConfigError as error:
+        return str(error)
+    return None
 
 
 def glmlab_refuses(adapter: Path, out: Path) -> str | None:
@@ -206,6 +237,7 @@ def vllm_args_inputs(exports: Exports) -> dict:
         "attention": str(exports.vllm_export("attention")),
         "all_text": str(exports.vllm_export("all_text")),
     }
+    with_vision = {**served, "vision": str(exports.vllm_export("vision_all"))}
     roots = [str(exports.work / "vllm")]
     variants = {
         "base": ServerSettings(model="tiny"),
@@ -213,6 +245,8 @@ def vllm_args_inputs(exports: Exports) -> dict:
         "adapters": ServerSettings(model="tiny", adapters=served),
         "runtime_lora": ServerSettings(model="tiny", adapter_roots=roots),
         "adapters_and_runtime": ServerSettings(model="tiny", adapters=served, adapter_roots=roots),
+        "tower_lora": ServerSettings(model="tiny", adapters=with_vision),
+        "runtime_tower_lora": ServerSettings(model="tiny", adapter_roots=roots, tower_connector_lora=True),
         "quantize_4bit": ServerSettings(model="tiny", quantize="4bit", dtype="bfloat16"),
         "limits": ServerSettings(
             model="tiny",
@@ -230,6 +264,7 @@ def vllm_args_inputs(exports: Exports) -> dict:
         "cli_dry_run": ["--model", "tiny", "--adapter", f"attention={served['attention']}"],
         "cli_dry_run_runtime": ["--model", "tiny", "--adapter-root", roots[0], "--api-key", "k"],
         "cli_dry_run_passthrough": ["--model", "tiny", "--", "--max-model-len", "32768"],
+        "cli_dry_run_tower": ["--model", "tiny", "--adapter", f"vision={with_vision['vision']}"],
     }
     for name, args in dry_runs.items():
         printed = glmlab_cli("serve", "--engine", "vllm", "--dry-run", *args)
@@ -246,7 +281,52 @@ def vllm_lora_inputs(exports: Exports) -> dict:
         if refusal is None:
             raise RuntimeError(f"glmlab exported the {name} adapter for vLLM; it should refuse it")
         adapters[name] = {"path": str(exports.adapter(name)), "expect": "reject", "glmlab": refusal}
-    return {"adapters": adapters}
+    for name in SERVED_AS_IS_REFUSED:
+        refusal = glmlab_refuses_to_serve(exports.adapter(name))
+        if refusal is None:
+            raise RuntimeError(
+                f"glmlab serves the raw {name} adapter with vLLM; it should ask for its export"
+            )
+        adapters[f"{name}_as_trained"] = {
+            "path": str(exports.adapter(name)),
+            "expect": "reject",
+            "glmlab": refusal,
+        }
+    manifests = [json.loads((exports.vllm_export(name) / MANIFEST).read_text()) for name in EXPORTED]
+    return {
+        "checkpoint": str(exports.tiny),
+        "max_lora_rank": max(manifest["max_lora_rank"] for manifest in manifests),
+        "adapters": adapters,
+        "images": {name: str(image_embeddings(exports, name)) for name in IMAGES},
+    }
+
+
+def image_embeddings(exports: Exports, name: str) -> Path:
+    """glmlab's image embeddings (the vision tower and merger's output) of the square, base and with the
+    raw adapter `name` (as trained, through glmlab's own adapter loading), and the processed image."""
+    import torch
+    from safetensors.torch import save_file
+
+    import glmlab
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        vlm = glmlab.load(str(exports.tiny), dtype="float32", device="cpu")
+    vlm.load_adapter(exports.adapter(name), name, activate=False)
+    content = [
+        {"type": "image", "image": str(square_image(exports.work))},
+        {"type": "text", "text": IMAGE_PROMPT},
+    ]
+    features = vlm._to_device(vlm.prepare([{"role": "user", "content": content}]).features)
+    pixels, grid = features["pixel_values"], features["image_grid_thw"]
+    tensors = {"pixel_values": pixels, "image_grid_thw": grid}
+    for key, adapter in (("base", None), ("adapted", name)):
+        with vlm.using_adapter(adapter), torch.inference_mode():
+            tensors[key] = torch.cat(vlm.model.model.get_image_features(pixels, grid).pooler_output)
+    path = exports.work / "images" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(path))
+    return path
 
 
 def greedy_references(path: Path, image: bool) -> list[dict]:

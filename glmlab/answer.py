@@ -74,6 +74,8 @@ class Answer:
     finish_reason: str = "stop"  # "stop" | "length" | "error" (batch items that failed)
     model: str | None = None
     error: str | None = None
+    parsed: Any = None  # with a schema (glmlab.structured): the parsed answer, None if it did not parse
+    thinking_truncated: bool = False  # max_thinking_tokens ended the thinking
 
     @classmethod
     def from_raw(cls, raw: str, **fields: Any) -> Answer:
@@ -89,7 +91,10 @@ class Answer:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if hasattr(self.parsed, "model_dump"):  # a pydantic model's instance (schema=Model)
+            data["parsed"] = self.parsed.model_dump(mode="json")
+        return data
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, **kwargs)

@@ -30,6 +30,7 @@ from glmlab.images import image_to_data_url
 from glmlab.interface import DEFAULT_ADAPTER, AdapterChoice
 from glmlab.openai_format import EXTENSION_FIELDS, request_fields, thinking_fields, to_openai_messages
 from glmlab.prompts import question_messages
+from glmlab.structured import Schema
 
 logger = logging.getLogger(__name__)
 NO_API_KEY = "none"  # sent when there is no key: openai's client insists on one, a keyless server ignores it
@@ -155,7 +156,8 @@ class Client:
             "stream_options": {"include_usage": True},
         }
         model = self._model_for(adapter)
-        return RemoteStream(self, model, body)
+        schema = Schema.of(gen["schema"]) if gen.get("schema") is not None else None
+        return RemoteStream(self, model, body, schema)
 
     # ---- server management ---------------------------------------------------------------------
 
@@ -277,13 +279,16 @@ class RemoteStream:
     wrapped in <think>..</think> as a local model writes it.
     """
 
-    def __init__(self, client: Client, model: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, client: Client, model: str, body: dict[str, Any], schema: Schema | None = None
+    ) -> None:
         self.client = client
         self.model = model
         self.text = ""
         self._stop = False
         self._answer: Answer | None = None
         self._start = time.perf_counter()
+        self.schema = schema
         self._response = self._open(body)
 
     def _open(self, body: dict[str, Any]) -> Any:
@@ -336,9 +341,12 @@ class RemoteStream:
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
         )
         timing = Timing.from_times(self._start, first_token, end, counts.completion_tokens)
-        return Answer.from_raw(
+        answer = Answer.from_raw(
             self.text, usage=counts, timing=timing, finish_reason=finish_reason or "stop", model=self.model
         )
+        if self.schema is not None:
+            answer.parsed, answer.error = self.schema.parse(answer.text)
+        return answer
 
     def stop(self) -> None:
         """End the answer early; what arrived so far is kept."""

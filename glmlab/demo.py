@@ -227,9 +227,11 @@ def stage_export(ctx: DemoContext) -> None:
     ctx.results["export"] = exported
     if exported.format == "vllm":
         details = exported.vllm
+        vision = len([module for module in details.modules if module.startswith("model.visual.")])
+        served = f", {vision} vision-block/merger modules" if vision else ""
         ctx.echo(
-            f"{exported.path}: a vLLM adapter, rank {details.rank}, {len(details.modules)} language-model "
-            f"modules, {len(details.dropped_modules)} vision modules dropped"
+            f"{exported.path}: a vLLM adapter, rank {details.rank}, {len(details.modules) - vision} "
+            f"language-model modules{served}, {len(details.dropped_modules)} vision modules dropped"
         )
     else:
         ctx.echo(f"vLLM cannot serve this adapter as it is ({exported.reason})")
@@ -250,10 +252,8 @@ def stage_serve(ctx: DemoContext) -> None:
 
     exported = ctx.results.get("export")
     adapters = {}
-    if (
-        exported is not None
-    ):  # glmlab's server loads any PEFT adapter: the trained one when vLLM's needed a merge
-        adapters["demo"] = str(exported.path if exported.format == "vllm" else trained_adapter(ctx))
+    if exported is not None:  # glmlab's server loads the adapter as trained (the export is vLLM's form)
+        adapters["demo"] = str(trained_adapter(ctx))
     server = start(ctx.vlm, ServerSettings(model=ctx.model, adapters=adapters, port=0))
     ctx.results["server"] = server
     models = [ctx.model, *ctx.vlm.adapters]  # the server serves every adapter the model holds

@@ -55,7 +55,7 @@ def generation_config(base: GenerationConfig, settings: GenerationSettings) -> G
     if "max_new_tokens" not in explicit:
         config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
     for key, value in settings.to_dict().items():
-        if key not in ("seed", "stop"):
+        if key not in ("seed", "stop", "schema", "max_thinking_tokens"):
             setattr(config, key, value)
     if settings.temperature == 0 or settings.do_sample is False:
         config.do_sample = False
@@ -148,6 +148,37 @@ class StopStrings(StoppingCriteria):
             text = self.tokenizer.decode([token for token in row if token not in self.hidden_ids])
             done.append(any(stop in text for stop in self.stops))
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class ThinkingBudget:
+    """A logits processor for one row ([1, vocab] scores): once the thinking has `budget` tokens, only
+    `</think>` may come next, and the answer follows, as GLM-V's reference thinking-budget processor
+    does. `cut` records that it ended the thinking. Thinking opens at the model's `<think>` (GLM-4.6V
+    writes it itself after the generation prompt) or at the prompt's end when the prompt opened it.
+    """
+
+    def __init__(
+        self, budget: int, prompt_length: int, think_start_id: int, think_end_id: int, opened: bool
+    ) -> None:
+        self.budget = budget
+        self.prompt_length = prompt_length
+        self.start_id, self.end_id = think_start_id, think_end_id
+        self.opened = opened
+        self.cut = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[0, self.prompt_length :].tolist()
+        if self.end_id in generated:
+            return scores
+        if not self.opened and self.start_id not in generated:
+            return scores
+        thought = len(generated) if self.opened else len(generated) - generated.index(self.start_id) - 1
+        if thought < self.budget:
+            return scores
+        self.cut = True
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, self.end_id] = 0.0
+        return forced
 
 
 class Interrupted(Exception):

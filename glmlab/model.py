@@ -33,6 +33,7 @@ from glmlab.generation import (
     StopStrings,
     Stream,
     TextClock,
+    ThinkingBudget,
     TokenClock,
     generation_config,
     interruptible,
@@ -47,6 +48,7 @@ from glmlab.prefix_cache import (
     image_digest,
     prefix_length,
 )
+from glmlab.structured import Grammars, Schema
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class VLM:
         self.image_token_id = model.config.image_token_id
         self.end_of_image_id = model.config.image_end_token_id
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self._grammars: Grammars | None = None  # built at the first schema-constrained call
         self.eos_token_ids = _eos_ids(model)
         self.hidden_token_ids = self.eos_token_ids | {
             token_id
@@ -256,6 +259,8 @@ class VLM:
         """A checked, prepared request (settings, adapter, prompt, context fit): bad input raises here."""
         settings = GenerationSettings(**gen)
         self._check_requested_adapter(adapter)
+        if settings.schema is not None:  # a schema the grammar engine refuses fails here, as bad input
+            self.grammars.compiled(Schema.of(settings.schema))
         prompt = self.prepare(messages, thinking=thinking, max_image_pixels=max_image_pixels)
         config = self.fit_context(prompt.prompt_tokens, settings, max_model_len)
         return rows.Request(prompt, settings, config, adapter)
@@ -352,18 +357,22 @@ class VLM:
                             self.tokenizer, settings.stop, inputs["input_ids"].shape[1], self.hidden_token_ids
                         )
                     )
+                processors = self._row_processors(settings, prompt, inputs["input_ids"].shape[1])
                 output = self.model.generate(
                     **inputs,
                     generation_config=config,
                     streamer=clock,
                     stopping_criteria=criteria or None,
+                    logits_processor=LogitsProcessorList(processors) if processors else None,
                 )
                 new_ids = output[0, inputs["input_ids"].shape[1] :].tolist()
             except Interrupted:  # stopped before the first token: nothing to keep
                 clock.end()
                 new_ids = []
             end = time.perf_counter()
-        return self.decode_answer(new_ids, prompt, settings, start, clock.first_token_time, end, adapter)
+        answer = self.decode_answer(new_ids, prompt, settings, start, clock.first_token_time, end, adapter)
+        answer.thinking_truncated = any(getattr(processor, "cut", False) for processor in processors)
+        return answer
 
     def _continue_from_prefix(
         self, inputs: dict[str, torch.Tensor], prompt: Prompt, prefix_cache: PrefixCache
@@ -425,6 +434,8 @@ class VLM:
         self, group: list[batching.BatchItem], settings: GenerationSettings, adapter: Any
     ) -> list[Answer]:
         """One generate call for a group; if it fails, each item alone so one bad item loses only itself."""
+        if settings.schema is not None:  # each row needs its own constraint: glmlab.rows
+            return self._generate_batch_as_rows(group, settings, adapter)
         if len(group) == 1:
             return [self._generate_one_safely(group[0], settings, adapter)]
         collated = batching.collate_left_padded(
@@ -464,6 +475,30 @@ class VLM:
             )
             for row, item in enumerate(group)
         ]
+
+    def _generate_batch_as_rows(
+        self, group: list[batching.BatchItem], settings: GenerationSettings, adapter: Any
+    ) -> list[Answer]:
+        batch = [
+            rows.Row.open(
+                rows.Request(
+                    item.prompt, settings, self.fit_context(item.prompt.prompt_tokens, settings), adapter
+                ),
+                self.text_clock(),
+                settings.seed,
+            )
+            for item in group
+        ]
+        self.generate_rows(batch)
+        answers = []
+        for row in batch:
+            try:
+                answers.append(row.stream.answer)
+            except (GlmlabError, RuntimeError, ValueError) as error:
+                answers.append(
+                    Answer(text="", finish_reason="error", error=f"{type(error).__name__}: {error}")
+                )
+        return answers
 
     def _generate_one_safely(
         self, item: batching.BatchItem, settings: GenerationSettings, adapter: Any
@@ -534,10 +569,14 @@ class VLM:
         pads = [width - feature["input_ids"].shape[1] for feature in features]
         start = time.perf_counter()
 
+        constraints = [self._row_processors(row.request.settings, row.request.prompt, width) for row in live]
+
         def finish(index: int, new_ids: list[int]) -> None:
-            rows.finished_answer(
-                live[index], self._row_answer(live[index], new_ids, start, time.perf_counter())
+            answer = self._row_answer(live[index], new_ids, start, time.perf_counter())
+            answer.thinking_truncated = any(
+                getattr(processor, "cut", False) for processor in constraints[index]
             )
+            rows.finished_answer(live[index], answer)
 
         stops = rows.RowStops(live, width, self.eos_token_ids, self._visible_text, finish)
         try:
@@ -550,7 +589,7 @@ class VLM:
                 output = self.model.generate(
                     **inputs,
                     generation_config=self._batch_config(live),
-                    logits_processor=LogitsProcessorList([rows.RowSampler(live, pads)]),
+                    logits_processor=LogitsProcessorList([rows.RowSampler(live, pads, constraints)]),
                     stopping_criteria=StoppingCriteriaList([stops]),
                 )
         except Interrupted:  # every row was stopped during the prefill
@@ -593,6 +632,31 @@ class VLM:
             new_ids, request.prompt, request.settings, start, row.clock.first_token_time, end, request.adapter
         )
 
+    def _row_processors(self, settings: GenerationSettings, prompt: Prompt, prompt_length: int) -> list[Any]:
+        """One row's own logits processors: its thinking budget, then its schema (glmlab.structured)."""
+        processors: list[Any] = []
+        text = prompt.text.rstrip()
+        thinking_done = text.endswith("</think>")  # thinking off: the template closed it
+        if settings.max_thinking_tokens is not None and not thinking_done:
+            start_id, end_id = self.tokenizer.convert_tokens_to_ids(["<think>", "</think>"])
+            opened = text.endswith("<think>")
+            processors.append(
+                ThinkingBudget(settings.max_thinking_tokens, prompt_length, start_id, end_id, opened)
+            )
+        if settings.schema is not None:
+            processors.append(
+                self.grammars.processor(Schema.of(settings.schema), prompt_length, thinking_done)
+            )
+        return processors
+
+    @property
+    def grammars(self) -> Grammars:
+        """The model's compiled schemas (xgrammar), built at the first schema-constrained call."""
+        if self._grammars is None:
+            vocab_size = self.model.config.get_text_config().vocab_size
+            self._grammars = Grammars(self.tokenizer, vocab_size, self.eos_token_ids)
+        return self._grammars
+
     def _visible_text(self, ids: list[int]) -> str:
         return self.tokenizer.decode([token for token in ids if token not in self.hidden_token_ids])
 
@@ -625,9 +689,12 @@ class VLM:
         )
         timing = Timing.from_times(start, first_token, end, counted)
         name = self.active_adapter if adapter is DEFAULT_ADAPTER else adapter
-        return Answer.from_raw(
+        answer = Answer.from_raw(
             raw, usage=usage, timing=timing, finish_reason=finish_reason, model=name or self.name
         )
+        if settings.schema is not None:
+            answer.parsed, answer.error = Schema.of(settings.schema).parse(answer.text)
+        return answer
 
     def _to_device(self, features: Any) -> dict[str, torch.Tensor]:
         inputs = {key: value.to(self.device) for key, value in features.items()}

@@ -18,6 +18,7 @@ from PIL import Image
 from glmlab.errors import InputError
 from glmlab.prompts import to_conversation
 from glmlab.settings import stop_list
+from glmlab.structured import Schema
 
 # glmlab generation option -> OpenAI request field (top_k and repetition_penalty: vLLM/glmlab extensions)
 GENERATION_FIELDS = {
@@ -28,8 +29,9 @@ GENERATION_FIELDS = {
     "repetition_penalty": "repetition_penalty",
     "seed": "seed",
     "stop": "stop",
+    "max_thinking_tokens": "max_thinking_tokens",
 }
-EXTENSION_FIELDS = ("top_k", "repetition_penalty")
+EXTENSION_FIELDS = ("top_k", "repetition_penalty", "max_thinking_tokens")
 # the OpenAI request fields `generation_options` reads (vLLM's top_k and repetition_penalty included)
 OPENAI_SAMPLING_FIELDS = (
     "max_tokens",
@@ -40,6 +42,8 @@ OPENAI_SAMPLING_FIELDS = (
     "repetition_penalty",
     "seed",
     "stop",
+    "response_format",
+    "max_thinking_tokens",
 )
 REMOTE_SCHEMES = ("data:", "http://", "https://")
 
@@ -49,7 +53,7 @@ REMOTE_SCHEMES = ("data:", "http://", "https://")
 
 def request_fields(gen: Mapping[str, Any]) -> dict[str, Any]:
     """glmlab generation options as OpenAI request fields; unknown options are refused by name."""
-    unknown = sorted(set(gen) - set(GENERATION_FIELDS) - {"do_sample"})
+    unknown = sorted(set(gen) - set(GENERATION_FIELDS) - {"do_sample", "schema"})
     if unknown:
         raise InputError(
             f"{', '.join(unknown)}: not a generation option; use {', '.join(GENERATION_FIELDS)}."
@@ -63,6 +67,8 @@ def request_fields(gen: Mapping[str, Any]) -> dict[str, Any]:
         fields["temperature"] = 0
     if "stop" in fields:
         fields["stop"] = stop_list(fields["stop"])
+    if gen.get("schema") is not None:
+        fields["response_format"] = Schema.of(gen["schema"]).response_format()
     return fields
 
 
@@ -103,6 +109,8 @@ def generation_options(fields: Mapping[str, Any]) -> dict[str, Any]:
         "repetition_penalty": fields.get("repetition_penalty"),
         "seed": fields.get("seed"),
         "stop": stop_list(fields.get("stop")),
+        "schema": Schema.from_response_format(fields.get("response_format")),
+        "max_thinking_tokens": fields.get("max_thinking_tokens"),
     }
     return {key: value for key, value in options.items() if value is not None}
 

@@ -119,8 +119,11 @@ def row_processors(
 class RowSampler(LogitsProcessor):
     """Each row's next token by its own settings (see the module docstring); the rest becomes -inf."""
 
-    def __init__(self, rows: list[Row], pad_lengths: list[int]) -> None:
+    def __init__(
+        self, rows: list[Row], pad_lengths: list[int], constraints: list[list[Any]] | None = None
+    ) -> None:
         self.configs = [row.request.config for row in rows]
+        self.constraints = constraints or [[] for _ in rows]  # a row's budget and schema, applied first
         self.processors = [
             row_processors(row.request.config, pad) for row, pad in zip(rows, pad_lengths, strict=True)
         ]
@@ -130,6 +133,8 @@ class RowSampler(LogitsProcessor):
         chosen = torch.full_like(scores, -float("inf"))
         for index, (config, processors) in enumerate(zip(self.configs, self.processors, strict=True)):
             row_ids, row_scores = input_ids[index : index + 1], scores[index : index + 1]
+            for constraint in self.constraints[index]:
+                row_scores = constraint(row_ids, row_scores)
             for processor in processors:
                 row_scores = processor(row_ids, row_scores)
             if config.do_sample:

@@ -10,11 +10,12 @@ by the same rules. Also the one image-size floor every config checks against (`M
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from glmlab.config import Check, checked_field, is_int, is_number, problems, raise_if_problems
 from glmlab.errors import InputError
+from glmlab.structured import Schema
 
 # One image token covers 28x28 px (14 px patches merged 2x2): the smallest image budget a model can see.
 MIN_IMAGE_PIXELS = 28 * 28
@@ -101,6 +102,24 @@ class GenerationSettings:
             f"at most {MAX_STOP_STRINGS} strings",
         ),
     )
+    max_thinking_tokens: int | None = checked_field(
+        None,
+        help="Most tokens the model may think; then its thinking is ended (</think>) and the answer follows.",
+        check=_typed(is_int, "an integer", lambda v: v >= 0, ">= 0"),
+    )
+    schema: Any = checked_field(
+        None,
+        help="A JSON schema (dict), a pydantic model class or 'json': the answer is constrained to it "
+        "and parsed into Answer.parsed (glmlab.structured).",
+        check=_typed(
+            lambda v: isinstance(v, (dict, Schema))
+            or v == "json"
+            or (isinstance(v, type) and hasattr(v, "model_json_schema")),
+            "a JSON-schema dict, a pydantic model class or 'json'",
+            lambda v: True,
+            "",
+        ),
+    )
     do_sample: bool | None = checked_field(
         None,
         help="Sample (true) or decode greedily (false); default: from temperature.",
@@ -119,4 +138,6 @@ class GenerationSettings:
             self.stop = list(self.stop)
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        """The set options (the schema as given, not copied)."""
+        found = {key: getattr(self, key) for key in (field.name for field in fields(self))}
+        return {key: value for key, value in found.items() if value is not None}

@@ -76,6 +76,20 @@ def adapters_fixture(tmp_path_factory: pytest.TempPathFactory, tiny_path: Path) 
     return _adapter_set(str(tmp_path_factory.getbasetemp()), str(tiny_path))
 
 
+@pytest.fixture(scope="session")
+def vision_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_path: Path) -> Path:
+    """Rank 4 on the text model and on every vision module a recipe's `adapt_vision: all` trains (the
+    vision blocks' attn.qkv, attn.proj and MLP, the merger): what vLLM's tower/connector LoRA takes."""
+    from support import TEXT_TARGETS
+
+    from glmlab.lora.recipe import VISION_TARGETS
+
+    targets = f"({TEXT_TARGETS}|{VISION_TARGETS['all']})"
+    return make_adapter(
+        tiny_path, tmp_path_factory.mktemp("vision") / "vision", seed=6, target_modules=targets
+    )
+
+
 @pytest.fixture(scope="module", name="served_vlm")
 def served_vlm_fixture(tiny_path: Path):
     """A tiny model of the module's own (the session `vlm` must not collect adapters)."""

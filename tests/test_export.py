@@ -7,8 +7,9 @@ import shutil
 import warnings
 
 import pytest
+import torch
 from safetensors import safe_open
-from support import make_adapter, scene
+from support import TEXT_TARGETS, make_adapter, scene
 
 import glmlab
 from glmlab.errors import ConfigError
@@ -42,23 +43,164 @@ def test_ranks_over_512_are_refused():
         max_lora_rank(600)
 
 
-def test_vllm_export_drops_vision_modules_with_a_warning_naming_them(adapters, tmp_path):
+def test_vllm_export_drops_the_vision_qkv_vllm_ignores_with_a_warning_naming_it(adapters, tmp_path):
     with pytest.warns(
         UserWarning,
-        match=r"dropping vision-tower modules vLLM would ignore: model\.visual\.blocks\.0\.attn\.qkv",
+        match=r"dropping vision-tower modules vLLM would ignore \(no LoRA layer for them\): "
+        r"model\.visual\.blocks\.0\.attn\.qkv, model\.visual\.blocks\.1\.attn\.qkv\.",
     ):
         exported = export_vllm(adapters["seeing"], tmp_path / "seeing-vllm", name="seeing")
-    assert exported.dropped_modules == ["model.visual.blocks.0.attn.qkv", "model.visual.blocks.1.attn.qkv"]
+    assert exported.dropped_modules == QKV
     with safe_open(str(exported.path / "adapter_model.safetensors"), framework="pt") as weights:
         assert not [key for key in weights.keys() if "visual" in key]
     assert inspect_adapter(exported.path).modules == exported.modules
     manifest = json.loads((exported.path / MANIFEST).read_text())
     assert manifest["format"] == "vllm" and manifest["rank"] == 4 and manifest["max_lora_rank"] == 8
     assert manifest["dropped_modules"] == exported.dropped_modules and len(manifest["modules"]) == 12
+    assert manifest["tower_connector_lora"] is False and manifest["fused_modules"] == {}
+    assert "--enable-tower-connector-lora" not in manifest["vllm_serve"]
     assert manifest["vllm_serve"].endswith(
         f"--max-lora-rank 8 --max-loras 1 --lora-modules seeing={exported.path} --max-model-len auto "
         """--limit-mm-per-prompt '{"image": 32, "video": 0}'"""
     )
+
+
+QKV = ["model.visual.blocks.0.attn.qkv", "model.visual.blocks.1.attn.qkv"]
+TOWER = ("attn.proj", "mlp.down_proj", "mlp.gate_up_proj")
+# vLLM's LoRA layers in Glm4v's vision blocks and merger, as the export names them (sorted)
+SERVED_VISION = [
+    *(f"model.visual.blocks.{block}.{name}" for block in (0, 1) for name in TOWER),
+    "model.visual.merger.down_proj",
+    "model.visual.merger.gate_up_proj",
+    "model.visual.merger.proj",
+]
+FUSED = {
+    **{
+        f"model.visual.blocks.{block}.mlp.gate_up_proj": [
+            f"model.visual.blocks.{block}.mlp.gate_proj",
+            f"model.visual.blocks.{block}.mlp.up_proj",
+        ]
+        for block in (0, 1)
+    },
+    "model.visual.merger.gate_up_proj": ["model.visual.merger.gate_proj", "model.visual.merger.up_proj"],
+}
+
+
+def test_vllm_export_keeps_the_vision_modules_vllm_serves_with_tower_lora(vision_adapter, tmp_path):
+    with pytest.warns(UserWarning, match=r"dropping vision-tower modules vLLM would ignore"):
+        exported = export_vllm(vision_adapter, tmp_path / "vision-vllm", name="vision")
+    assert [module for module in exported.modules if ".visual." in module] == SERVED_VISION
+    assert len(exported.modules) == 2 * TEXT_MODULES_PER_LAYER + len(SERVED_VISION)
+    assert exported.dropped_modules == QKV and exported.fused_modules == FUSED
+    assert exported.tower_connector_lora and exported.rank == 4
+    assert exported.max_lora_rank == 8  # a fused gate_up_proj holds both halves' ranks: 4 + 4
+    assert inspect_adapter(exported.path).modules == exported.modules
+    manifest = json.loads((exported.path / MANIFEST).read_text())
+    assert manifest["tower_connector_lora"] is True and manifest["fused_modules"] == FUSED
+    assert manifest["modules"] == exported.modules and manifest["dropped_modules"] == QKV
+    assert (
+        f"--enable-lora --max-lora-rank 8 --max-loras 1 --enable-tower-connector-lora "
+        f"--lora-modules vision={exported.path} " in manifest["vllm_serve"]
+    )
+    config = json.loads((exported.path / "adapter_config.json").read_text())
+    assert config["target_modules"].endswith(
+        r"|.*visual\.(blocks\.\d+\.attn\.proj|blocks\.\d+\.mlp\.down_proj|blocks\.\d+\.mlp\.gate_up_proj"
+        r"|merger\.down_proj|merger\.gate_up_proj|merger\.proj)$)"
+    )
+
+
+def test_the_exported_gate_up_lora_adds_what_the_gate_and_up_loras_added(vision_adapter, tmp_path):
+    from safetensors.torch import load_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the qkv drop
+        exported = export_vllm(vision_adapter, tmp_path / "vision-vllm")
+    source = load_file(str(vision_adapter / "adapter_model.safetensors"))
+    written = load_file(str(exported.path / "adapter_model.safetensors"))
+
+    def delta(weights, module):  # one scale for every module here (alpha 8 / r 4): left out
+        return (
+            weights[f"base_model.model.{module}.lora_B.weight"]
+            @ weights[f"base_model.model.{module}.lora_A.weight"]
+        )
+
+    for fused, (gate, up) in FUSED.items():
+        assert written[f"base_model.model.{fused}.lora_A.weight"].shape[0] == 8
+        torch.testing.assert_close(delta(written, fused), torch.cat([delta(source, gate), delta(source, up)]))
+    for module in exported.modules:
+        if module not in FUSED:  # every other module is copied as it was
+            assert torch.equal(delta(written, module), delta(source, module))
+
+
+def test_glmlab_names_a_vllm_export_with_fused_vision_modules_when_asked_to_load_it(
+    vision_adapter, vlm, tmp_path
+):
+    from glmlab.errors import AdapterError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the qkv drop
+        exported = export_vllm(vision_adapter, tmp_path / "vision-vllm")
+    with pytest.raises(AdapterError, match=r"It is a vLLM export \(vision gate_proj and up_proj fused"):
+        vlm.load_adapter(exported.path, "fused")
+    assert "fused" not in vlm.adapters
+
+
+def test_fusing_gives_each_half_its_own_peft_scale():
+    from glmlab.export.vllm import fuse_gate_up
+
+    generator = torch.Generator().manual_seed(0)
+    gate_a, gate_b = torch.randn(4, 6, generator=generator), torch.randn(5, 4, generator=generator)
+    up_a, up_b = torch.randn(2, 6, generator=generator), torch.randn(5, 2, generator=generator)
+    merger = "model.visual.merger."
+    tensors = {
+        f"base_model.model.{merger}gate_proj.lora_A.weight": gate_a,
+        f"base_model.model.{merger}gate_proj.lora_B.weight": gate_b,
+        f"base_model.model.{merger}up_proj.lora_A.weight": up_a,
+        f"base_model.model.{merger}up_proj.lora_B.weight": up_b,
+    }
+    config = {"r": 4, "lora_alpha": 8, "rank_pattern": {"up_proj": 2}, "alpha_pattern": {"gate_up_proj": 3}}
+    halves = [f"{merger}gate_proj", f"{merger}up_proj"]
+    lora_a, lora_b = fuse_gate_up(tensors, halves, config)[f"{merger}gate_up_proj"]
+    # PEFT scales gate by 8/4 and up by 8/2 (rank_pattern); vLLM scales the fused LoRA by 3/4 (alpha_pattern)
+    assert lora_a.shape == (6, 6) and lora_b.shape == (10, 6)
+    torch.testing.assert_close(3 / 4 * lora_b @ lora_a, torch.cat([2 * gate_b @ gate_a, 4 * up_b @ up_a]))
+    rslora = fuse_gate_up(tensors, halves, {**config, "use_rslora": True})[f"{merger}gate_up_proj"]
+    torch.testing.assert_close(  # alpha / sqrt(r): gate 8/2, up 8/sqrt(2), fused 3/2
+        3 / 2 * rslora[1] @ rslora[0], torch.cat([4 * gate_b @ gate_a, 8 / 2**0.5 * up_b @ up_a])
+    )
+    only_gate = {key: value for key, value in tensors.items() if "gate_proj" in key}
+    lora_a, lora_b = fuse_gate_up(only_gate, halves[:1], config)[f"{merger}gate_up_proj"]
+    assert lora_a.shape == (4, 6) and lora_b.shape == (10, 4)  # the up half adds nothing
+    torch.testing.assert_close(3 / 4 * lora_b @ lora_a, torch.cat([2 * gate_b @ gate_a, torch.zeros(5, 6)]))
+
+
+def test_a_merger_adapter_exports_whole_even_with_strict(tiny_path, tmp_path):
+    from glmlab.lora.recipe import VISION_TARGETS
+
+    merger = make_adapter(
+        tiny_path,
+        tmp_path / "merger",
+        seed=7,
+        rank=8,
+        target_modules=f"({TEXT_TARGETS}|{VISION_TARGETS['merger']})",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exported = export_vllm(merger, tmp_path / "merger-vllm", strict=True)
+    assert [module for module in exported.modules if ".visual." in module] == SERVED_VISION[-3:]
+    assert exported.dropped_modules == [] and exported.tower_connector_lora
+    assert exported.max_lora_rank == 16  # the merger's gate_up_proj: 8 + 8
+
+
+def test_a_gate_up_pair_above_vllm_s_largest_rank_is_refused(tiny_path, tmp_path):
+    wide = make_adapter(
+        tiny_path, tmp_path / "wide", seed=8, rank=300, target_modules=r".*visual\.merger\.(gate|up)_proj"
+    )
+    with pytest.raises(
+        ConfigError, match=r"one gate_up_proj LoRA of rank 600 \(the two ranks together\), above the 512"
+    ):
+        export_vllm(wide, tmp_path / "wide-vllm")
+    assert not (tmp_path / "wide-vllm").exists()
 
 
 def test_vllm_export_keeps_a_text_only_adapter_whole(adapters, tmp_path):
@@ -71,9 +213,13 @@ def test_vllm_export_keeps_a_text_only_adapter_whole(adapters, tmp_path):
     assert exported.max_lora_rank == 8
 
 
-def test_strict_vllm_export_refuses_vision_modules(adapters, tmp_path):
-    with pytest.raises(ConfigError, match="adapts vision-tower modules that vLLM would ignore"):
-        export_vllm(adapters["seeing"], tmp_path / "out", strict=True)
+def test_strict_vllm_export_refuses_the_vision_modules_vllm_would_ignore(vision_adapter, tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"adapts vision-tower modules that vLLM would ignore \(it has no LoRA layer for them in "
+        r"Glm4v\): model\.visual\.blocks\.0\.attn\.qkv, model\.visual\.blocks\.1\.attn\.qkv\. Retrain without",
+    ):
+        export_vllm(vision_adapter, tmp_path / "out", strict=True)
     assert not (tmp_path / "out").exists()
 
 
@@ -84,10 +230,23 @@ def test_vllm_export_refuses_modules_outside_the_language_model(tiny_path, tmp_p
         seed=5,
         target_modules=r".*(lm_head|language_model\.layers\.0\.self_attn\.q_proj)",
     )
-    with pytest.raises(
-        ConfigError, match="adapts modules vLLM has no LoRA slot for in the language model: lm_head"
-    ):
+    with pytest.raises(ConfigError, match="adapts modules vLLM has no LoRA slot for: lm_head"):
         export_vllm(head, tmp_path / "out")
+    beyond = make_adapter(
+        tiny_path, tmp_path / "beyond", seed=5, target_modules=r".*visual\.blocks\.1\.attn\.proj"
+    )
+    with pytest.raises(ConfigError, match=r"no LoRA slot for: model\.visual\.blocks\.1\.attn\.proj\."):
+        export_vllm(beyond, tmp_path / "out", model=str(_one_block(tiny_path, tmp_path)))
+
+
+def _one_block(tiny_path, tmp_path):
+    """The tiny checkpoint's config with one vision block: block 1 is out of its range."""
+    base = tmp_path / "one-block"
+    base.mkdir()
+    config = json.loads((tiny_path / "config.json").read_text())
+    config["vision_config"]["depth"] = 1
+    (base / "config.json").write_text(json.dumps(config))
+    return base
 
 
 def test_export_refuses_a_non_empty_folder_unless_overwrite(adapters, tmp_path):
@@ -259,6 +418,7 @@ def test_cli_export_for_vllm_prints_the_serve_line(adapters, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "dropped 2 vision-tower modules" in result.output and "vllm serve " in result.output
+    assert "--enable-tower-connector-lora" not in result.output
     assert (out / MANIFEST).exists()
     refused = CliRunner().invoke(
         app,
@@ -287,7 +447,7 @@ def test_a_bad_adapter_name_is_refused_before_anything_is_written(adapters, tmp_
 # ---- export_for_serving: the form vLLM can serve ---------------------------------------------------
 
 
-def test_export_for_serving_writes_the_vllm_adapter_when_vllm_accepts_it(adapters, tmp_path):
+def test_export_for_serving_writes_the_vllm_adapter_when_vllm_accepts_it(adapters, vision_adapter, tmp_path):
     from glmlab.export import export_for_serving
 
     exported = export_for_serving(adapters["beta"], tmp_path / "beta")
@@ -295,6 +455,14 @@ def test_export_for_serving_writes_the_vllm_adapter_when_vllm_accepts_it(adapter
     assert "LoRA on 12 language-model modules, rank 8" in exported.reason
     assert "--lora-modules beta=" in exported.vllm_serve
     assert (tmp_path / "beta" / "adapter_model.safetensors").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the qkv drop
+        vision = export_for_serving(vision_adapter, tmp_path / "vision")
+    assert vision.format == "vllm" and vision.vllm.tower_connector_lora
+    assert vision.reason.endswith(
+        "LoRA on 12 language-model modules, 12 vision-block and merger modules (served with "
+        "--enable-tower-connector-lora), 2 vision modules vLLM ignores dropped, rank 4"
+    )
 
 
 def test_export_for_serving_merges_what_vllm_refuses_and_the_merge_answers_like_the_adapter(

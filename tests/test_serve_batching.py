@@ -259,3 +259,29 @@ def test_a_request_that_finds_no_place_in_time_gets_429(adapters, tiny_path):
             client.post("/v1/chat/completions", json={"messages": messages(3), "max_tokens": 2}).status_code
             == 200
         )
+
+
+def test_a_batch_waits_for_requests_still_being_decoded_but_a_lone_one_never_waits(served_vlm):
+    from glmlab.serve.batcher import Batcher
+
+    preparing, sizes = [1], []
+    batcher = Batcher(
+        lambda: served_vlm,
+        8,
+        on_batch=lambda rows: sizes.append(len(rows)),
+        preparing=lambda: preparing[0],
+        gather_s=30,
+    )
+    first = open_row(served_vlm, 0, temperature=0, max_new_tokens=2)
+    batcher.submit([first])
+    time.sleep(0.3)  # another request is still decoding: the batch waits for it
+    assert not first.started.is_set()
+    second = open_row(served_vlm, 1, temperature=0, max_new_tokens=2)
+    preparing[0] = 0
+    batcher.submit([second])
+    assert first.stream.wait(60) and second.stream.wait(60)
+    assert sizes == [2]
+    start = time.monotonic()
+    alone = open_row(served_vlm, 2, temperature=0, max_new_tokens=2)
+    batcher.submit([alone])
+    assert alone.started.wait(10) and time.monotonic() - start < 5  # nothing on its way: no wait

@@ -207,14 +207,71 @@ def test_vllm_command_reads_the_model_s_config_for_the_rule(tmp_path):
     assert given[given.index("--max-model-len") + 1] == "4096"  # a given length wins over the rule
 
 
-def test_vllm_command_refuses_an_adapter_with_vision_modules(adapters):
+def test_vllm_command_refuses_vision_modules_vllm_cannot_take_as_they_are(adapters, vision_adapter):
     settings = ServerSettings(model="zai-org/GLM-4.6V-Flash", adapters={"seeing": str(adapters["seeing"])})
     with pytest.raises(
         ConfigError,
-        match=r"also adapts 2 vision-tower modules, which vLLM ignores; export it first: "
-        r"glmlab export .* --format vllm",
+        match=r"adapts vision modules vLLM cannot serve as they are \(2 it has no LoRA layer for and "
+        r"ignores\); export it first: glmlab export .* --format vllm --out DIR, then serve --adapter seeing=DIR",
     ):
         vllm_command(settings)
+    raw = ServerSettings(model="zai-org/GLM-4.6V-Flash", adapters={"vision": str(vision_adapter)})
+    with pytest.raises(
+        ConfigError,
+        match=r"\(6 gate_proj/up_proj, which vLLM takes fused as gate_up_proj; 2 it has no LoRA layer for "
+        r"and ignores\); export it first",
+    ):
+        vllm_command(raw)
+
+
+def test_an_adapter_with_vision_modules_turns_on_vllm_s_tower_lora(exported, vision_adapter, tmp_path):
+    import warnings
+
+    from glmlab.export import export_vllm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the qkv drop
+        vision = export_vllm(vision_adapter, tmp_path / "vision").path
+    adapters = {"alpha": str(exported["alpha"]), "vision": str(vision)}
+    argv = vllm_command(ServerSettings(model="zai-org/GLM-4.6V-Flash", adapters=adapters)).argv
+    assert argv[argv.index("--enable-lora") :][:10] == [
+        "--enable-lora",
+        "--max-lora-rank",
+        "8",  # vision's fused gate_up_proj: rank 4 + 4
+        "--max-loras",
+        "2",
+        "--enable-tower-connector-lora",
+        "--lora-modules",
+        f"alpha={exported['alpha']}",
+        f"vision={vision}",
+        "--max-model-len",
+    ]
+    text_only = vllm_command(
+        ServerSettings(model="zai-org/GLM-4.6V-Flash", adapters=adapters | {"vision": adapters["alpha"]})
+    )
+    assert "--enable-tower-connector-lora" not in text_only.argv
+
+
+def test_tower_lora_for_run_time_adapters_is_a_setting():
+    roots = ServerSettings(model="zai-org/GLM-4.6V-Flash", adapter_roots=["/srv"], tower_connector_lora=True)
+    argv = vllm_command(roots).argv
+    assert argv[argv.index("--enable-lora") :][:6] == [
+        "--enable-lora",
+        "--max-lora-rank",
+        "64",
+        "--max-loras",
+        "1",
+        "--enable-tower-connector-lora",
+    ]
+    assert "--enable-tower-connector-lora" not in vllm_command(ServerSettings(adapter_roots=["/srv"])).argv
+    with pytest.raises(ConfigError, match=r"tower_connector_lora=True: applies to LoRA adapters only"):
+        vllm_command(ServerSettings(model="zai-org/GLM-4.6V-Flash", tower_connector_lora=True))
+    result = CliRunner().invoke(
+        app,
+        ["serve", "--engine", "vllm", "--dry-run", "--adapter-root", "/srv", "--tower-connector-lora"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "--max-loras 1 --enable-tower-connector-lora --max-model-len auto" in result.output.splitlines()[0]
 
 
 def test_dry_run_prints_the_vllm_command(exported):

@@ -4,7 +4,8 @@ Runs in vLLM's environment. Request: {"commands": {variant: argv}} (argv starts 
 Each argv is parsed by the parser `vllm serve` itself builds (ServeSubcommand.subparser_init, i.e.
 make_arg_parser), checked by its own pre-start validation (ServeSubcommand.validate) and turned into
 vLLM's engine arguments (AsyncEngineArgs.from_cli_args); the reasoning and tool-call parsers it names
-must be registered in vLLM, and the LoRA options must arrive as glmlab meant them.
+must be registered in vLLM, and the LoRA options (`--enable-tower-connector-lora` included) must arrive
+as glmlab meant them.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def check_one(parser, command, argv: list[str]) -> None:
         raise CheckFailed(f"--max-lora-rank parsed as {engine.max_lora_rank}")
     if "--enable-lora" in argv and not engine.enable_lora:
         raise CheckFailed("--enable-lora did not enable LoRA")
+    if engine.enable_tower_connector_lora != ("--enable-tower-connector-lora" in argv):
+        raise CheckFailed(f"tower/connector LoRA parsed as {engine.enable_tower_connector_lora}")
 
 
 def check(request: dict) -> str:

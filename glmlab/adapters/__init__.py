@@ -5,9 +5,11 @@ and load adapters through here.
 """
 
 from glmlab.adapters.folder import (
+    FUSED_INTO,
     MAX_LORA_RANK,
     TEXT_LAYERS,
     TEXT_MODULES,
+    TOWER_FLAG,
     VISION_PREFIX,
     VLLM_LORA_RANKS,
     AdapterInfo,
@@ -22,14 +24,18 @@ from glmlab.adapters.folder import (
     module_name,
     text_target_regex,
     vllm_modules,
+    vllm_rank,
+    vllm_target_regex,
 )
 from glmlab.adapters.injected import AdapterSet
 from glmlab.adapters.random import random_adapter
 
 __all__ = [
+    "FUSED_INTO",
     "MAX_LORA_RANK",
     "TEXT_LAYERS",
     "TEXT_MODULES",
+    "TOWER_FLAG",
     "VISION_PREFIX",
     "VLLM_LORA_RANKS",
     "AdapterInfo",
@@ -46,4 +52,6 @@ __all__ = [
     "random_adapter",
     "text_target_regex",
     "vllm_modules",
+    "vllm_rank",
+    "vllm_target_regex",
 ]

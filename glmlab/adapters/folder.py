@@ -7,8 +7,9 @@ beside it, written by glmlab's training, else adapter_config.json). `check_for_l
 the model is touched, whether `VLM.load_adapter` may inject it: plain LoRA only, nothing that rewrites
 the base weights or the model's structure, rank at most `MAX_LORA_RANK`, every tensor named after a
 linear layer of the base model with the shapes that layer and the rank require. `vllm_modules` sorts
-the modules the way vLLM's Glm4vForConditionalGeneration will treat them: LoRA on the language model
-only (its vision tower is not LoRA-enabled), ranks up to 512. `check_adapter_folder` and
+the modules the way vLLM's Glm4vForConditionalGeneration will treat them: LoRA on the language model,
+on the vision blocks and merger with vLLM's tower/connector LoRA (not on the blocks' qkv), ranks up to
+512 (its docstring gives vLLM's rules). `check_adapter_folder` and
 `check_adapter_name` are the folder and name rules every loader (model, server, export) shares.
 """
 
@@ -226,7 +227,14 @@ def _factor_shape(
 
     module = modules.get(module_name)
     if module is None:
-        raise AdapterError(f"{where}: the base model has no module {module_name!r}.")
+        fused = module_name.startswith(VISION_PREFIX) and module_name.endswith(".gate_up_proj")
+        hint = (
+            " It is a vLLM export (vision gate_proj and up_proj fused into vLLM's gate_up_proj); load the "
+            "adapter it was exported from."
+            if fused
+            else ""
+        )
+        raise AdapterError(f"{where}: the base model has no module {module_name!r}.{hint}")
     if not isinstance(module, torch.nn.Linear):
         raise AdapterError(
             f"{where}: {module_name} is a {type(module).__name__}; glmlab loads LoRA on linear layers only."
@@ -298,32 +306,123 @@ def max_lora_rank(rank: int) -> int:
     )
 
 
+# ---- what vLLM serves --------------------------------------------------------------------------------
+# The Glm4v vision modules vLLM wraps in a LoRA layer with --enable-tower-connector-lora, by their
+# transformers names relative to VISION_PREFIX (a block's number as N): vLLM's own names, so an adapter
+# holding them loads as it is.
+TOWER_MODULES = ("attn.proj", "mlp.down_proj", "mlp.gate_up_proj")  # in each of blocks.N
+CONNECTOR_MODULES = ("proj", "down_proj", "gate_up_proj")  # in the merger
+# transformers' separate gate and up projections (tower MLP and merger), which vLLM builds as one layer
+FUSED_INTO = {"gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+VISION_BLOCKS = VISION_PREFIX + "blocks."
+MERGER = VISION_PREFIX + "merger."
+TOWER_FLAG = "--enable-tower-connector-lora"
+
+
 @dataclass
 class VllmModules:
-    """An adapter's modules sorted by what vLLM does with them."""
+    """An adapter's modules sorted by what vLLM does with them (`vllm_modules` says why)."""
 
-    text: list[str]  # served
-    vision: list[str]  # vLLM ignores them (no LoRA on Glm4v's vision tower)
+    text: list[str]  # served: the language model's
+    tower: list[str]  # served with TOWER_FLAG: vision blocks and merger, names vLLM loads as they are
+    fuse: list[str]  # served with TOWER_FLAG once fused in pairs into gate_up_proj (export_vllm does)
+    dropped: list[str]  # vision modules vLLM has no LoRA layer for: export_vllm leaves them out
     unsupported: list[str]  # vLLM would refuse the adapter
 
+    @property
+    def needs_tower_lora(self) -> bool:
+        """Whether serving the export needs vLLM's tower/connector LoRA (TOWER_FLAG)."""
+        return bool(self.tower or self.fuse)
 
-def vllm_modules(info: AdapterInfo, num_layers: int | None = None) -> VllmModules:
-    """Sort `info.modules`; `num_layers` (the base's text layers) also catches out-of-range layers."""
-    text, vision, unsupported = [], [], []
+
+def vllm_modules(
+    info: AdapterInfo, num_layers: int | None = None, vision_depth: int | None = None
+) -> VllmModules:
+    """Sort `info.modules` as vLLM 0.33 serves them on Glm4vForConditionalGeneration; `num_layers` (the
+    base's text layers) and `vision_depth` (its vision blocks) also catch out-of-range layers.
+
+    What vLLM's code does (and engines/checks/vllm_lora.py runs with vLLM itself):
+    - Language model: LoRA on each decoder layer's qkv_proj (packed by vLLM from the adapter's q_proj,
+      k_proj and v_proj), o_proj, gate_up_proj (one module in transformers too) and down_proj.
+    - Vision tower and merger only when vLLM runs with --enable-tower-connector-lora
+      (LoRAConfig.enable_tower_connector_lora): Glm4v declares supports_tower_connector_lora and maps
+      its tower to the prefix `visual.` and its connector to `visual.merger.`. Without the flag vLLM
+      loads their LoRA weights and applies none of them.
+    - There vLLM wraps the linear layers it builds: blocks.N.attn.proj and mlp.down_proj, merger.proj and
+      merger.down_proj one to one (TOWER_MODULES, CONNECTOR_MODULES), and blocks.N.mlp.gate_up_proj and
+      merger.gate_up_proj, one layer for transformers' gate_proj and up_proj. Glm4v's
+      packed_modules_mapping maps gate_up_proj to itself, so vLLM takes one LoRA on that layer, and its
+      loader refuses an adapter with vision gate_proj/up_proj weights (names it does not expect); the
+      pair is served once fused into one gate_up_proj LoRA (FUSED_INTO; `export_vllm` fuses it).
+    - blocks.N.attn.qkv gets no LoRA: vLLM builds it as a QKVParallelLinear, which no LoRA layer takes
+      without a "qkv" entry in the packed_modules_mapping, and Glm4v's has none (Qwen2.5-VL's has); vLLM
+      logs that it ignores the module. Nor do the convolutions (patch_embed.proj, downsample).
+    - Weight names are PEFT's (base_model.model.model.language_model..., base_model.model.model.visual...),
+      renamed by vLLM through Glm4v's hf_to_vllm_mapper (model.language_model. to language_model.model.,
+      model.visual. to visual.).
+    These are the dense Glm4v's rules (GLM-4.6V-Flash, the tiny model). vLLM's MoE class
+    (Glm4vMoeForConditionalGeneration) maps gate_up_proj to gate_proj and up_proj instead, so it would
+    take the unfused pair and not the fused LoRA.
+    """
+    text, tower, fuse, dropped, unsupported = [], [], [], [], []
     for module in info.modules:
         if module.startswith(VISION_PREFIX):
-            vision.append(module)
+            _sort_vision(module, vision_depth, tower, fuse, dropped, unsupported)
             continue
         layer, _, name = module.removeprefix(TEXT_LAYERS).partition(".")
         in_range = layer.isdigit() and (num_layers is None or int(layer) < num_layers)
         (
             text if module.startswith(TEXT_LAYERS) and name in TEXT_MODULES and in_range else unsupported
         ).append(module)
-    return VllmModules(text, vision, unsupported)
+    return VllmModules(text, tower, fuse, dropped, unsupported)
 
 
-def check_for_vllm(info: AdapterInfo, num_layers: int | None = None) -> VllmModules:
-    """Refuse what vLLM cannot serve (DoRA, modules_to_save, non-LoRA or unknown modules, rank > 512)."""
+def _sort_vision(
+    module: str,
+    depth: int | None,
+    tower: list[str],
+    fuse: list[str],
+    dropped: list[str],
+    unsupported: list[str],
+) -> None:
+    """Put one vision module in its list: vLLM's LoRA layers, a half of gate_up_proj, or none."""
+    if module.startswith(VISION_BLOCKS):
+        block, _, name = module.removeprefix(VISION_BLOCKS).partition(".")
+        if not block.isdigit() or (depth is not None and int(block) >= depth):
+            unsupported.append(module)  # no such block in this model
+            return
+        served, kind = name in TOWER_MODULES, name.removeprefix("mlp.")
+        halves = name.startswith("mlp.") and kind in FUSED_INTO
+    elif module.startswith(MERGER):
+        name = module.removeprefix(MERGER)
+        served, halves = name in CONNECTOR_MODULES, name in FUSED_INTO
+    else:
+        served = halves = False
+    (tower if served else fuse if halves else dropped).append(module)
+
+
+def vllm_rank(info: AdapterInfo) -> int:
+    """The largest LoRA rank vLLM must hold for the adapter (its --max-lora-rank needs at least this):
+    `r` and rank_pattern (vLLM checks those), each module's lora_A rows, and for a vision gate_proj /
+    up_proj pair the rows of both (vLLM takes the pair as one gate_up_proj LoRA)."""
+    rows: dict[str, int] = {}
+    for key, shape in info.shapes.items():
+        match = _LORA_KEY.match(key.removeprefix(PEFT_PREFIX))
+        if match is None or match["factor"] != "lora_A" or not shape:
+            continue
+        module = match["module"]
+        parent, _, name = module.rpartition(".")
+        if module.startswith(VISION_PREFIX) and name in FUSED_INTO:
+            module = f"{parent}.{FUSED_INTO[name]}"
+        rows[module] = rows.get(module, 0) + shape[0]
+    return max([info.rank, *rows.values()])
+
+
+def check_for_vllm(
+    info: AdapterInfo, num_layers: int | None = None, vision_depth: int | None = None
+) -> VllmModules:
+    """Refuse what vLLM cannot serve (DoRA, modules_to_save, non-LoRA or unknown modules, a rank above
+    512, nothing vLLM would apply); returns the modules sorted (`vllm_modules`)."""
     config = info.config
     if config.get("peft_type", "LORA") != "LORA":
         raise ConfigError(f"{info.path}: a {config['peft_type']} adapter; vLLM serves LoRA adapters only.")
@@ -338,29 +437,51 @@ def check_for_vllm(info: AdapterInfo, num_layers: int | None = None) -> VllmModu
             "vLLM does not load; merge it instead (glmlab export --format merged)."
         )
     max_lora_rank(info.rank)
-    modules = vllm_modules(info, num_layers)
+    modules = vllm_modules(info, num_layers, vision_depth)
     if modules.unsupported:
         shown = ", ".join(modules.unsupported[:6]) + (" ..." if len(modules.unsupported) > 6 else "")
         raise ConfigError(
-            f"{info.path}: adapts modules vLLM has no LoRA slot for in the language model: {shown}. "
-            f"vLLM serves LoRA on {', '.join(TEXT_MODULES)} under {TEXT_LAYERS}N; merge it instead "
-            "(glmlab export --format merged)."
+            f"{info.path}: adapts modules vLLM has no LoRA slot for: {shown}. vLLM serves LoRA on "
+            f"{', '.join(TEXT_MODULES)} under {TEXT_LAYERS}N (and the base model's vision blocks and "
+            "merger); merge it instead (glmlab export --format merged)."
         )
-    if not modules.text:
+    if not modules.text and not modules.needs_tower_lora:
         raise ConfigError(
-            f"{info.path}: adapts no language-model module, so vLLM would serve the base model "
+            f"{info.path}: adapts no module vLLM applies LoRA to, so vLLM would serve the base model "
             "unchanged; merge it instead (glmlab export --format merged)."
+        )
+    rank = vllm_rank(info)
+    if rank > VLLM_LORA_RANKS[-1]:
+        raise ConfigError(
+            f"{info.path}: vLLM takes each vision gate_proj / up_proj pair as one gate_up_proj LoRA of "
+            f"rank {rank} (the two ranks together), above the {VLLM_LORA_RANKS[-1]} it serves; retrain "
+            f"with r <= {VLLM_LORA_RANKS[-1] // 2}, or merge it instead (glmlab export --format merged)."
         )
     return modules
 
 
 def text_target_regex(modules: list[str]) -> str:
-    """A PEFT target_modules regex for exactly these text modules' kinds, anchored to the language model.
-
-    No group but one final group of bare names: the form vLLM's `is_regex_target_modules` understands.
-    """
+    """A PEFT target_modules regex for exactly these text modules' kinds, anchored to the language model."""
     names = sorted({module.rsplit(".", 1)[-1] for module in modules})
     return r".*language_model\.layers\.\d+\.[a-z_]+\.(" + "|".join(names) + ")$"
+
+
+def vllm_target_regex(modules: list[str]) -> str:
+    """A PEFT target_modules regex for the modules of a vLLM export: `text_target_regex` for the language
+    model's, each vision module's own name (any block number) for the tower's and merger's. vLLM goes by
+    the weights' names, not by this field; it tells a reader (and peft) what the export holds."""
+    text = [module for module in modules if not module.startswith(VISION_PREFIX)]
+    vision = sorted({_vision_pattern(module) for module in modules if module.startswith(VISION_PREFIX)})
+    if not vision:
+        return text_target_regex(text)
+    vision_regex = r".*visual\.(" + "|".join(vision) + ")$"
+    return f"({text_target_regex(text)}|{vision_regex})" if text else vision_regex
+
+
+def _vision_pattern(module: str) -> str:
+    relative = module.removeprefix(VISION_PREFIX)
+    block = re.match(r"blocks\.\d+\.", relative)
+    return r"blocks\.\d+\." + re.escape(relative[block.end() :]) if block else re.escape(relative)
 
 
 def check_adapter_folder(path: Path) -> None:

@@ -27,6 +27,9 @@ def ask(
     max_new_tokens: int = typer.Option(None, help="Cap on generated tokens."),
     temperature: float = typer.Option(None, help="Sampling temperature; 0 for greedy decoding."),
     seed: int = typer.Option(None, help="Seed for reproducible sampling."),
+    max_thinking_tokens: int = typer.Option(
+        None, help="Most tokens the model may think before its thinking is ended and it answers."
+    ),
     max_image_pixels: int = typer.Option(
         None, help="Largest image area kept after resizing (latency lever)."
     ),
@@ -37,7 +40,12 @@ def ask(
     quiet_transformers()
     gen = {
         k: v
-        for k, v in dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).items()
+        for k, v in dict(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            max_thinking_tokens=max_thinking_tokens,
+        ).items()
         if v is not None
     }
     with clear_errors(), warnings.catch_warnings():

@@ -42,7 +42,9 @@ def export(
         None, help="The base model (default: the adapter's own, from glmlab.json or adapter_config.json)."
     ),
     strict: bool = typer.Option(
-        False, "--strict", help="vllm: refuse vision-tower modules instead of dropping them."
+        False,
+        "--strict",
+        help="vllm: refuse vision modules vLLM has no LoRA layer for (attn.qkv) instead of dropping them.",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier export in --out (never a folder of other files)."
@@ -97,6 +99,12 @@ def export(
                 typer.echo(
                     f"dropped {len(result.dropped_modules)} vision-tower modules vLLM ignores: "
                     f"{', '.join(result.dropped_modules)}",
+                    err=True,
+                )
+            if result.tower_connector_lora:
+                typer.echo(
+                    "holds vision-block/merger modules: vLLM applies them with "
+                    "--enable-tower-connector-lora (in the line below; experimental in vLLM)",
                     err=True,
                 )
             typer.echo(

@@ -1,8 +1,10 @@
 """`export_for_serving`: export an adapter as what vLLM can serve, and say why that form was chosen.
 
-vLLM serves LoRA adapters on the language model's linear layers only. An adapter that also trains
-whole modules (`modules_to_save`, e.g. lm_head), uses DoRA, or adapts modules vLLM has no LoRA slot
-for cannot be served as an adapter; folded into its base weights it can. `export_for_serving` asks
+vLLM serves LoRA adapters on the language model's linear layers, and on the vision blocks' and
+merger's with its tower/connector LoRA. An adapter that also trains whole modules (`modules_to_save`,
+e.g. lm_head), uses DoRA, or adapts modules vLLM has no LoRA slot for cannot be served as an adapter;
+folded into its base weights it can. Vision modules vLLM has no LoRA layer for (the blocks' attn.qkv)
+are dropped from the adapter export with a warning, and the reason says how many. `export_for_serving` asks
 `check_for_vllm` (the one place that knows vLLM's rules) and writes the vLLM adapter folder when it
 passes, the merged checkpoint otherwise.
 """
@@ -38,7 +40,15 @@ def servable_format(adapter: str | Path) -> tuple[str, str]:
         modules = check_for_vllm(info)
     except ConfigError as error:
         return "merged", str(error)
-    return "vllm", f"{info.path}: LoRA on {len(modules.text)} language-model modules, rank {info.rank}"
+    served = [f"LoRA on {len(modules.text)} language-model modules"]
+    if modules.needs_tower_lora:
+        served.append(
+            f"{len(modules.tower) + len(modules.fuse)} vision-block and merger modules "
+            "(served with --enable-tower-connector-lora)"
+        )
+    if modules.dropped:
+        served.append(f"{len(modules.dropped)} vision modules vLLM ignores dropped")
+    return "vllm", f"{info.path}: {', '.join(served)}, rank {info.rank}"
 
 
 def export_for_serving(

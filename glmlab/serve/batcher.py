@@ -1,7 +1,7 @@
 """`Batcher`: the server's one generation thread, running waiting requests together as rows of a batch.
 
 Requests that arrive while a batch runs wait here and form the next batch (up to `max_batch_size`
-rows, in arrival order, skipping rows whose adapter cannot share the batch: `VLM.can_share_batch`).
+rows, in arrival order, after waiting up to `gather_s` for requests still being decoded, skipping rows whose adapter cannot share the batch: `VLM.can_share_batch`).
 `glmlab.rows` makes each row keep its own sampling, limits, stream and stop signal; this module only
 decides which rows run together and when. Joining a batch that is already decoding is not done:
 transformers' `generate` takes its batch once, at the start.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +28,14 @@ class Batcher:
         get_vlm: Callable[[], Any],
         max_batch_size: int,
         on_batch: Callable[[list[Row]], None] | None = None,
+        preparing: Callable[[], int] = lambda: 0,
+        gather_s: float = 0.0,
     ) -> None:
         self.get_vlm = get_vlm
         self.max_batch_size = max_batch_size
         self.on_batch = on_batch
+        self.preparing = preparing  # requests admitted but not queued yet (their images decoding)
+        self.gather_s = gather_s
         self.waiting: list[Row] = []
         self.running: list[Row] = []
         self._changed = threading.Condition()
@@ -63,6 +68,7 @@ class Batcher:
             with self._changed:
                 while not self.waiting:
                     self._changed.wait()
+                self._gather()
                 batch = self._next_batch()
                 for row in batch:
                     row.mark_started()
@@ -79,6 +85,22 @@ class Batcher:
             finally:
                 with self._changed:
                     self.running = []
+
+    def poke(self) -> None:
+        """Something the batcher waits on changed (a request stopped preparing without queueing)."""
+        with self._changed:
+            self._changed.notify()
+
+    def _gather(self) -> None:
+        """Before a batch starts, wait (at most `gather_s`) for requests that are admitted but still
+        being read and decoded, so requests that arrive together run together; a lone request, with
+        nothing else on its way, never waits. Called under the lock."""
+        deadline = time.monotonic() + self.gather_s
+        while len(self.waiting) < self.max_batch_size and self.preparing() > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._changed.wait(left)
 
     def _next_batch(self) -> list[Row]:
         """The oldest waiting row and, in arrival order, the rows that may share its batch."""

@@ -47,6 +47,7 @@ class Ticket:
     def __init__(self, host: ModelHost) -> None:
         self.host = host
         self.rows: list[Row] = []
+        self.prepared = False
         self.generating = False
         self.sending = False  # generated, its response still being sent
         self.closed = False
@@ -60,6 +61,7 @@ class Ticket:
         """
         host = self.host
         self.rows = rows
+        self._prepared()
         host.batcher.submit(rows)
         left, limit = deadline - anyio.current_time(), host.settings.max_queue_wait_s
         started = await wait_for_thread_event(
@@ -102,10 +104,19 @@ class Ticket:
             self.sending = True
             self.host.sending += 1
 
+    def _prepared(self) -> None:
+        """The request is read and decoded (queued, or failed): the batcher no longer waits for it."""
+        if not self.prepared:
+            self.prepared = True
+            self.host.preparing -= 1
+
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        if not self.prepared:
+            self._prepared()
+            self.host.batcher.poke()
         for row in self.rows:  # rows still queued (an error before they started) leave the queue
             row.stream.stop()
         if self.rows:
@@ -145,10 +156,13 @@ class ModelHost:
         self.sending = 0
         self.decode_memory = DecodeMemory(settings.decode_memory_bytes)  # shared by all requests
         self.metrics = ServerMetrics(self)  # GET /metrics; the batcher reports batches, the app answers
+        self.preparing = 0  # admitted, not queued yet (reading and decoding); only touched on the event loop
         self.batcher = Batcher(
             lambda: self.vlm,
             settings.max_batch_size,
             on_batch=lambda rows: self.metrics.observe_batch(len(rows)),
+            preparing=lambda: self.preparing,
+            gather_s=settings.batch_gather_s,
         )
         self.rate_limits = RateLimits(
             settings.rate_limit_rpm, settings.rate_limit_tpm, by_api_key=settings.api_key is not None
@@ -221,6 +235,7 @@ class ModelHost:
                 headers={"Retry-After": "1"},
             )
         self.admitted += 1
+        self.preparing += 1
         return Ticket(self)
 
     def image_budget(self) -> ImageBudget:

@@ -7,11 +7,12 @@ shapes, with the reasoning apart in `message.reasoning_content` as vLLM's reason
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from glmlab.answer import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, Answer, split_thinking
 from glmlab.openai_format import OPENAI_SAMPLING_FIELDS, from_openai_messages, generation_options
@@ -22,6 +23,7 @@ MAX_URL_CHARS = 200_000_000  # a data URL; again bounded by the body limit first
 MAX_PARTS = 64
 MAX_MESSAGES = 256
 MAX_NEW_TOKENS = 131_072  # GLM-4.6V's context length
+MAX_SCHEMA_CHARS = 65_536  # a response_format schema: bounds what the grammar compiler is given
 MAX_CHOICES = 64  # OpenAI's n: a schema bound; the server's own, lower cap is --max-n
 
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
@@ -66,6 +68,35 @@ class ChatTemplateKwargs(_Strict):
     enable_thinking: bool | None = None
 
 
+class JsonSchemaFormat(_Strict):
+    """OpenAI's response_format.json_schema: a name and the JSON schema the answer must fit."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    json_schema: dict[str, Any] = Field(alias="schema")
+    description: Annotated[str, Field(max_length=4096)] | None = None
+    strict: bool | None = None
+
+    @field_validator("json_schema")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value)) > MAX_SCHEMA_CHARS:
+            raise ValueError(f"the schema is over {MAX_SCHEMA_CHARS:,} characters of JSON")
+        return value
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's response_format: text, any JSON object, or JSON fitting a schema (glmlab.structured)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only then")
+        return self
+
+
 class ChatCompletionRequest(_Strict):
     """POST /v1/chat/completions. `model` names the base model or a loaded adapter.
 
@@ -88,13 +119,15 @@ class ChatCompletionRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES)  # the server's own cap is --max-n
+    response_format: ResponseFormat | None = None
+    max_thinking_tokens: int | None = Field(None, ge=0, le=MAX_NEW_TOKENS)  # glmlab extension
     chat_template_kwargs: ChatTemplateKwargs | None = None
     user: Name | None = None  # accepted for compatibility with OpenAI clients; not used
 
     def generation_options(self) -> dict[str, Any]:
         """Keyword arguments for `VLM.chat` (glmlab.settings.GenerationSettings names)."""
         sampling = set(OPENAI_SAMPLING_FIELDS) & set(type(self).model_fields)
-        return generation_options(self.model_dump(include=sampling, exclude_none=True))
+        return generation_options(self.model_dump(include=sampling, exclude_none=True, by_alias=True))
 
     @property
     def thinking(self) -> bool | None:

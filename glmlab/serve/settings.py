@@ -47,6 +47,7 @@ VLLM_ONLY = (
     "max_lora_rank",
     "max_loras",
     "max_cpu_loras",
+    "tower_connector_lora",
     "vllm_python",
     "vllm_start_timeout_s",
 )
@@ -158,6 +159,13 @@ class ServerSettings:
         "requests that arrive while a batch runs form the next one. 1 turns batching off.",
         _at_least(1),
     )
+    batch_gather_s: float = _option(
+        0.25,
+        "Seconds a batch about to start waits for requests that arrived but are still being read and "
+        "decoded, so requests sent together run together (a lone request never waits).",
+        Check(lambda value: is_number(value) and value >= 0, "at least 0"),
+        flag="--batch-gather",
+    )
     max_queue_wait_s: float = _option(
         60.0,
         "Seconds a request may wait for a place in a batch before 429 with Retry-After.",
@@ -267,6 +275,12 @@ class ServerSettings:
     )
     max_cpu_loras: int | None = _option(
         None, "vLLM: adapters kept in CPU memory, at least --max-loras (vLLM's default: --max-loras)."
+    )
+    tower_connector_lora: bool = _option(
+        False,
+        "vLLM: also apply adapters' vision-block and merger LoRA (vLLM's experimental "
+        "--enable-tower-connector-lora); on by itself when an --adapter holds such modules, this is for "
+        "adapters loaded at run time.",
     )
     vllm_python: str | None = _option(
         None,

@@ -5,10 +5,11 @@ reasoning and tool-call parsers (glm45); `--max-model-len` from max_model_len, e
 whose KV cache fits gpu_memory_gib (`vllm_memory`), else `auto` (vLLM fits it on its GPU); images per
 prompt from max_images in vLLM's JSON form (no video: glmlab's server takes none either); LoRA enabled
 with every adapter as `--lora-modules name=path`, `--max-lora-rank` the smallest rank vLLM allows that
-fits the largest adapter (or max_lora_rank, DEFAULT_RUNTIME_LORA_RANK for run-time adapters only);
-GLM-V's recommended multimodal options as settings. Clients see the same API as with glmlab's own
-server (model names, reasoning_content, /v1/load_lora_adapter when adapter roots are given), so
-glmlab's client, eval harness and widget work unchanged against it.
+fits the largest adapter (or max_lora_rank, DEFAULT_RUNTIME_LORA_RANK for run-time adapters only),
+`--enable-tower-connector-lora` when an adapter holds vision-block or merger modules (or the
+tower_connector_lora setting asks for it); GLM-V's recommended multimodal options as settings. Clients
+see the same API as with glmlab's own server (model names, reasoning_content, /v1/load_lora_adapter
+when adapter roots are given), so glmlab's client, eval harness and widget work unchanged against it.
 
 vLLM pins its own torch and transformers, so it usually lives in an environment of its own:
 `vllm_python` runs it as `PYTHON -m vllm.entrypoints.cli.main serve ...` from there. `run_vllm` starts
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glmlab.adapters import check_for_vllm, inspect_adapter, max_lora_rank
+from glmlab.adapters import TOWER_FLAG, VllmModules, check_for_vllm, inspect_adapter, max_lora_rank, vllm_rank
 from glmlab.errors import ConfigError, GlmlabError
 from glmlab.serve.settings import DEFAULT_RUNTIME_LORA_RANK, ServerSettings
 
@@ -63,6 +64,7 @@ VLLM_IGNORES = (
     "max_request_bytes",
     "max_concurrency",
     "max_batch_size",
+    "batch_gather_s",
     "max_queue_wait_s",
     "max_n",
     "timeout_s",
@@ -89,8 +91,8 @@ class VllmCommand:
 def vllm_command(settings: ServerSettings, extra_args: Sequence[str] = ()) -> VllmCommand:
     """The `vllm serve` command for `settings`; `extra_args` are passed to vLLM as they are (and win).
 
-    Adapters must be vLLM-ready (language-model modules only): export others with
-    `glmlab export ADAPTER --format vllm --out DIR` first.
+    Adapters must be vLLM-ready (the modules vLLM serves, vision gate_proj / up_proj fused): export
+    others with `glmlab export ADAPTER --format vllm --out DIR` first.
     """
     program = [settings.vllm_python, "-m", VLLM_MODULE] if settings.vllm_python else ["vllm"]
     argv = [
@@ -207,20 +209,31 @@ def _gpu_args(settings: ServerSettings) -> list[str]:
 
 
 def _lora_args(settings: ServerSettings) -> tuple[list[str], int, int]:
-    """The LoRA options, the GPU slots (max_loras) and the rank each slot holds (0, 0 without LoRA)."""
+    """The LoRA options, the GPU slots (max_loras) and the rank each slot holds (0, 0 without LoRA).
+
+    An adapter with vision-block or merger modules turns on vLLM's tower/connector LoRA (TOWER_FLAG;
+    without it vLLM applies only the language model's), as does the tower_connector_lora setting
+    (for adapters loaded at run time).
+    """
     if not settings.adapters and not settings.adapter_roots:
+        if settings.tower_connector_lora:
+            raise ConfigError(
+                "tower_connector_lora=True: applies to LoRA adapters only; give --adapter or "
+                "--adapter-root, or drop --tower-connector-lora."
+            )
         return [], 0, 0
-    ranks = []
+    ranks, tower = [], settings.tower_connector_lora
     for name, path in settings.adapters.items():
         info = inspect_adapter(path)
         modules = check_for_vllm(info)
-        if modules.vision:
+        if modules.fuse or modules.dropped:
             raise ConfigError(
-                f"adapter {name!r} ({path}) also adapts {len(modules.vision)} vision-tower modules, "
-                f"which vLLM ignores; export it first: glmlab export {path} --format vllm --out DIR, "
-                f"then serve --adapter {name}=DIR."
+                f"adapter {name!r} ({path}) adapts vision modules vLLM cannot serve as they are "
+                f"({_as_written(modules)}); export it first: glmlab export {path} --format vllm --out "
+                f"DIR, then serve --adapter {name}=DIR."
             )
-        ranks.append(info.rank)
+        ranks.append(vllm_rank(info))
+        tower = tower or modules.needs_tower_lora
     needed = max_lora_rank(max(ranks)) if ranks else 0
     if settings.max_lora_rank is not None and settings.max_lora_rank < needed:
         raise ConfigError(
@@ -232,12 +245,24 @@ def _lora_args(settings: ServerSettings) -> tuple[list[str], int, int]:
     args = ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(slots)]
     if settings.max_cpu_loras is not None:
         args += ["--max-cpu-loras", str(settings.max_cpu_loras)]
+    if tower:
+        args.append(TOWER_FLAG)
     if settings.adapters:
         args += [
             "--lora-modules",
             *(f"{name}={Path(path).expanduser().resolve()}" for name, path in settings.adapters.items()),
         ]
     return args, slots, rank
+
+
+def _as_written(modules: VllmModules) -> str:
+    """Why an adapter's vision modules need the export: what vLLM would do with them."""
+    reasons = []
+    if modules.fuse:
+        reasons.append(f"{len(modules.fuse)} gate_proj/up_proj, which vLLM takes fused as gate_up_proj")
+    if modules.dropped:
+        reasons.append(f"{len(modules.dropped)} it has no LoRA layer for and ignores")
+    return "; ".join(reasons)
 
 
 def _model_source(model: str) -> str:
