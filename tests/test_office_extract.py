@@ -121,22 +121,42 @@ def test_typed_table_gives_each_field_its_schemas_type():
 # ---- extract on the tiny model ---------------------------------------------------------------------
 
 
-def test_extract_reads_one_row_per_file_and_pdf_page(vlm, tmp_path):
+SMALL = {
+    "type": "object",
+    "properties": {
+        "code": {"type": "string", "pattern": "^[a-z]{1,3}$", "maxLength": 3},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+    },
+    "required": ["code", "count"],
+    "additionalProperties": False,
+}
+
+
+def test_extract_reads_one_row_per_file_and_pdf_page_and_every_row_parses(vlm, tmp_path):
     scene().save(tmp_path / "a.png")
     scene(colour="blue").save(tmp_path / "b.pdf", save_all=True, append_images=[scene(colour="green")])
     (tmp_path / "c.png").write_bytes(b"not an image")
-    table = extract(vlm, tmp_path, batch_size=2, max_new_tokens=8, progress=False)
+    table = extract(vlm, tmp_path, SMALL, batch_size=2, progress=False)
     assert table[["file", "page"]].astype(object).values.tolist() == [
         [str(tmp_path / "a.png"), 1],
         [str(tmp_path / "b.pdf"), 1],
         [str(tmp_path / "b.pdf"), 2],
         [str(tmp_path / "c.png"), pd.NA],
     ]
+    assert table["error"][:3].tolist() == [None] * 3  # the schema constrains even random weights
     assert table.loc[3, "error"].startswith(str(tmp_path / "c.png"))
-    # schema-free decoding: the random tiny model writes no JSON, and each row says so
-    assert all(error.startswith("no JSON object in the answer") for error in table["error"][:3])
-    assert [name for name in table.columns if name.startswith("confidence_")] == [
-        f"confidence_{name}" for name in INVOICE.model_fields
-    ]
-    assert table.filter(like="confidence_").isna().all().all()  # no parsed value, no confidence
+    assert table.dtypes[["code", "count"]].astype(str).tolist() == ["string", "Int64"]
+    assert table["code"][:3].str.fullmatch("[a-z]{1,3}").all() and table["count"][:3].between(0, 9).all()
+    confidences = table[["confidence_code", "confidence_count"]]
+    assert confidences[:3].gt(0).all().all() and confidences[:3].le(1).all().all()
+    assert confidences.loc[3].isna().all()  # no answer, no confidence
     assert table.attrs["pages"] == 4 and table.attrs["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_extract_gives_parsed_invoice_rows_on_the_tiny_model(vlm, tmp_path):
+    (record,) = generate_invoices(1, seed=5, language="en", out_dir=tmp_path)
+    table = extract(vlm, record["images"], progress=False)
+    assert table["error"].tolist() == [None]
+    fields = [name for name in INVOICE.model_fields if name != "total_in_words"]
+    assert table.loc[0, fields].notna().all()  # validated by the schema: a value in every field

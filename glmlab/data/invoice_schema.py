@@ -5,7 +5,8 @@ The synthetic invoices' ground truth (`glmlab.data.invoices`), the invoice eval 
 fields by the same names: `Invoice` below (exported as `glmlab.office.INVOICE`). Amounts are strings
 with exactly two decimals ("1234.50": no float ever touches money), dates are ISO strings.
 
-Every string is bounded (`max_length`, or a pattern of bounded length) and so is the item list, so a
+Every string is bounded (a pattern of bounded length, with `max_length` for the token bound) and so
+is the item list, so a
 schema-constrained answer has a known longest form: `answer_token_bound` turns that into a token
 budget that a constrained answer always completes within. It lives with the data because the
 generators own the ground truth; the office workflows, eval and widgets read it from here.
@@ -19,10 +20,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 AMOUNT_PATTERN = r"^-?\d{1,10}\.\d{2}$"  # "1234.50": 2 decimals, no separators, no currency sign
 DATE_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"  # ISO; a 31 February still matches
-TAX_RATE_PATTERN = r"^\d{1,2}(\.\d{1,2})?%$"  # "13%", "6%", "7.5%"
+# "13%", "6%", "7.5%". Not \d{1,2}(\.\d{1,2})?: xgrammar 0.2.9 reads that as admitting "999%".
+TAX_RATE_PATTERN = r"^\d\d?(\.\d\d?)?%$"
 MAX_ITEMS = 6  # the generator's most line items (more do not fit its pages)
 
 Amount = Annotated[str, Field(pattern=AMOUNT_PATTERN, max_length=14)]
+
+
+def text(longest: int, **field: Any) -> Any:
+    """A string of at most `longest` characters with no control character, quote or backslash.
+
+    The pattern, not only maxLength, bounds it: xgrammar bounds a maxLength string with a character
+    class that admits raw control characters, which JSON forbids, so a weak model's answer would not
+    parse. (xgrammar notes once per compiled schema that it ignores maxLength next to a pattern.)
+    """
+    return Field(pattern=rf'^[^\x00-\x1f"\\]{{0,{longest}}}$', max_length=longest, **field)
 
 
 class LineItem(BaseModel):
@@ -30,7 +42,7 @@ class LineItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=32)
+    name: str = text(32)
     quantity: int = Field(ge=0, le=9999)
     unit_price: Amount
     amount: Amount
@@ -41,16 +53,16 @@ class Invoice(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    invoice_number: str = Field(max_length=24)
+    invoice_number: str = text(24)
     date: str = Field(pattern=DATE_PATTERN, max_length=10)
-    seller: str = Field(max_length=48)
-    buyer: str = Field(max_length=48)
+    seller: str = text(48)
+    buyer: str = text(48)
     items: list[LineItem] = Field(max_length=MAX_ITEMS)
     subtotal: Amount
     tax_rate: str = Field(pattern=TAX_RATE_PATTERN, max_length=6)
     tax: Amount
     total: Amount
-    total_in_words: str | None = Field(default=None, max_length=32)
+    total_in_words: str | None = text(32, default=None)
 
 
 INVOICE = Invoice

@@ -3,9 +3,10 @@
     table = glmlab.office.extract(vlm, ["a.pdf", "b.png"])  # INVOICE fields, one row per page
     table[table.error.isna()]                               # the rows that parsed
 
-Each page is asked the schema's question in batches; the answer is parsed and validated against the
-schema (a pydantic model validates fully; a JSON-schema dict is only checked to be an object), and
-becomes a row: `file`, `page` (1-based), one column per top-level field typed from the schema
+Each page is asked the schema's question in batches, with decoding constrained to the schema
+(glmlab.structured: xgrammar on a local model, OpenAI's `response_format` through a Client), so even
+the random tiny model's rows parse; the parsed answer (validated by pydantic for a model, by
+jsonschema for a dict) becomes a row: `file`, `page` (1-based), one column per top-level field typed from the schema
 (amount fields Float64, date fields datetime64, integers Int64, other strings `string`; lists and
 objects stay Python values), `error` (None when the row parsed, else why not), and for local models
 `confidence_<field>`: the mean probability of the value's tokens (glmlab.confidence), so a reviewer
@@ -63,6 +64,7 @@ def extract(
         "temperature": 0,
         "max_new_tokens": max_new_tokens or answer_token_bound(schema),
         **options,
+        "schema": schema,
     }
     readable = [index for index, page in enumerate(pages) if page.error is None]
     items = [([pages[index].image], question) for index in readable]
@@ -131,14 +133,14 @@ def _answer_all(
 
 def parse_answer(answer: Answer, schema: Schema) -> tuple[dict[str, Any] | None, str | None]:
     """(the answer's fields, None), or (None, why they could not be read) for one page."""
+    cut = " (cut at max_new_tokens: raise it)" if answer.finish_reason == "length" else ""
     if answer.error is not None:
-        return None, answer.error
-    parsed = getattr(answer, "parsed", None)  # set by schema-constrained generation
+        return None, answer.error + cut
+    parsed = answer.parsed  # set by schema-constrained generation (glmlab.structured)
     value = parsed.model_dump(mode="json") if isinstance(parsed, BaseModel) else parsed
     if value is None:
         value = extract_json(answer.text)
-    if value is None:
-        cut = " (cut at max_new_tokens: raise it)" if answer.finish_reason == "length" else ""
+    if value is None:  # an answer without a schema: the JSON object in its text
         return None, f"no JSON object in the answer{cut}: {answer.text[:80]!r}"
     if not isinstance(value, dict):
         return None, f"the answer's JSON is a {type(value).__name__}, not an object: {answer.text[:80]!r}"
