@@ -4,7 +4,8 @@ An `Invoice` is content first (number, date, parties, line items, tax rate) and 
 every amount is a `Decimal` in cents, line amount = quantity x unit price, the tax is rounded half-up
 to the cent (per line and summed on Chinese invoices, as tax software does; on the subtotal on English
 ones), and total = subtotal + tax exactly. Chinese invoices also carry 价税合计 in uppercase
-(`amount_in_words_zh`). The answer is the ground-truth fields as JSON; amounts are strings
+(`amount_in_words_zh`). The answer is the ground-truth fields as JSON in the shape of the one invoice
+schema (`glmlab.data.invoice_schema.Invoice`, also `glmlab.office.INVOICE`); amounts are strings
 ("1234.50") so no float ever touches them, dates are ISO ("2024-03-15") whatever the printed format.
 
 Rendering varies what a scanner would: two layouts per language, sans or serif type, font size
@@ -27,17 +28,13 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from glmlab.data.amounts import amount_in_words_zh, format_money, money
 from glmlab.data.fonts import load_font
+from glmlab.data.invoice_schema import QUESTIONS
 from glmlab.data.loaders import write_and_reference
 from glmlab.errors import ConfigError
 
 LANGUAGES = ("zh", "en")
 PAGE_SIZE = {"zh": (800, 520), "en": (620, 800)}
 TAX_RATES = {"zh": ("0.13", "0.09", "0.06", "0.03"), "en": ("0", "0.05", "0.08", "0.10", "0.20")}
-FIELDS = ("invoice_number", "date", "seller", "buyer", "items", "subtotal", "tax_rate", "tax", "total")
-QUESTIONS = {
-    "zh": "请识别这张发票，按JSON格式输出以下字段：" + ", ".join((*FIELDS, "total_in_words")) + "。",
-    "en": "Extract the invoice fields as JSON with keys: " + ", ".join(FIELDS) + ".",
-}
 # (name, lowest and highest unit price in whole currency units, most units per line)
 CATALOG = {
     "zh": (

@@ -3,26 +3,22 @@ ask GLM-V (the VQA widget), and `CLASSROOM_PRESETS`, questions a teacher asks ab
 (the classroom widget: describe, spot a stereotype or an advertising trick, read a sign).
 
 Each preset is (menu label, prompt). The grounding prompt asks for the `[x1, y1, x2, y2]` form that GLM-V
-answers inside `<|begin_of_box|>` tags (0-1000 scale), which the widget draws on the preview.
+answers inside `<|begin_of_box|>` tags (0-1000 scale), which the widget draws on the preview. The
+invoice presets ask the invoice generator's own questions, whose keys are the one invoice schema's
+(`glmlab.office.INVOICE`), so a widget answer, an eval answer and `glmlab.office.extract` share fields.
 """
 
 from __future__ import annotations
+
+from glmlab.data.invoice_schema import QUESTIONS as INVOICE_QUESTIONS
 
 PRESETS: list[tuple[str, str]] = [
     ("Describe the image", "Describe this image in detail."),
     ("描述图片", "请详细描述这张图片。"),
     ("Read all text (OCR)", "Read all the text in this image. Keep the original line breaks and layout."),
     ("文字识别（OCR）", "识别图片中的全部文字，保持原有的换行和排版。"),
-    (
-        "Invoice fields as JSON",
-        "Extract the invoice fields as JSON with the keys invoice_number, date, seller, buyer, total_amount "
-        "and currency. Use null for a field that is not on the invoice. Output only the JSON.",
-    ),
-    (
-        "发票字段（JSON）",
-        "提取发票字段，以 JSON 输出，键为：发票号码、开票日期、销售方名称、购买方名称、价税合计。"
-        "发票上没有的字段填 null。只输出 JSON。",
-    ),
+    ("Invoice fields as JSON", INVOICE_QUESTIONS["en"] + " Output only the JSON."),
+    ("发票字段（JSON）", INVOICE_QUESTIONS["zh"] + "只输出 JSON。"),
     ("Count the objects", "How many objects are in this image? Give the number first, then list them."),
     ("数一数物体", "图中有多少个物体？先给出数量，再逐一列出。"),
     (
