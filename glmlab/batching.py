@@ -51,8 +51,10 @@ def collate_left_padded(features: list[Any], pad_token_id: int) -> dict[str, tor
     """Stack single-prompt processor outputs into one left-padded batch."""
     rows = [{key: feature[key][0] for key in ("input_ids", "mm_token_type_ids")} for feature in features]
     batch = pad_rows(rows, {"input_ids": pad_token_id, "mm_token_type_ids": 0}, side="left")
-    return batch | concat_images(
-        [(feature.get("pixel_values"), feature.get("image_grid_thw")) for feature in features]
+    return (
+        batch
+        | concat_images([(feature.get("pixel_values"), feature.get("image_grid_thw")) for feature in features])
+        | concat_videos(features)
     )
 
 
@@ -73,6 +75,17 @@ def pad_rows(
             batch[key][index, span] = row[key]
         batch["attention_mask"][index, span] = 1
     return batch
+
+
+def concat_videos(features: list[Any]) -> dict[str, torch.Tensor]:
+    """pixel_values_videos and video_grid_thw of samples, concatenated in sample order; {} without videos."""
+    present = [feature for feature in features if feature.get("pixel_values_videos") is not None]
+    if not present:
+        return {}
+    return {
+        "pixel_values_videos": torch.cat([feature["pixel_values_videos"] for feature in present]),
+        "video_grid_thw": torch.cat([feature["video_grid_thw"] for feature in present]),
+    }
 
 
 def concat_images(images: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
