@@ -43,8 +43,12 @@ def group_for_padding(items: list[BatchItem], batch_size: int) -> list[list[Batc
     """Batches of prepared items with similar prompt lengths (sorted, then chunked): only the token
     sequences are padded (image patches are concatenated), and a prompt's length counts its image
     tokens, so this also groups images of similar size."""
-    ordered = sorted(items, key=lambda item: item.prompt.features["input_ids"].shape[1])
-    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    groups = []
+    for has_video in (False, True):  # a batch holds images or videos, never both (prompts.to_conversation)
+        kind = [item for item in items if ("pixel_values_videos" in item.prompt.features) is has_video]
+        ordered = sorted(kind, key=lambda item: item.prompt.features["input_ids"].shape[1])
+        groups += [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    return groups
 
 
 def collate_left_padded(features: list[Any], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -53,7 +57,9 @@ def collate_left_padded(features: list[Any], pad_token_id: int) -> dict[str, tor
     batch = pad_rows(rows, {"input_ids": pad_token_id, "mm_token_type_ids": 0}, side="left")
     return (
         batch
-        | concat_images([(feature.get("pixel_values"), feature.get("image_grid_thw")) for feature in features])
+        | concat_images(
+            [(feature.get("pixel_values"), feature.get("image_grid_thw")) for feature in features]
+        )
         | concat_videos(features)
     )
 

@@ -109,6 +109,13 @@ def to_conversation(
             parts += new_parts
             images += new_images
         normalised.append(_copy_message(message, parts))
+    if images and videos:
+        # Glm4v marks a video's frames with the image token, and transformers' model then cannot tell
+        # the two apart (it matches image features against every image token, the frames' included).
+        raise InputError(
+            f"messages: {len(images)} image(s) and {len(videos)} video(s) in one conversation; GLM-V models "
+            "in transformers take images or videos in one prompt, not both. Ask about them separately."
+        )
     return Conversation(normalised, images, videos)
 
 

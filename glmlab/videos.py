@@ -86,18 +86,24 @@ class Video:
     """Sampled frames of one video ([T, H, W, 3] uint8) with where they came from.
 
     `indices` are the sampled frames' positions in the stream (an odd count's last one repeated), so
-    `timestamps` are exact; the processor writes one per pair of frames into the prompt.
+    `timestamps` are exact; the processor writes one per pair of frames into the prompt. `data` keeps
+    the file's bytes, which a client sends on (`data_url`) rather than the decoded frames.
     """
 
     frames: np.ndarray
     indices: list[int]
     info: VideoInfo
     name: str = "video"
+    data: bytes = field(default=b"", repr=False)
     _previews: list[Image.Image] = field(default_factory=list, repr=False)
 
     @property
     def timestamps(self) -> list[float]:
         return [index / self.info.fps for index in self.indices]
+
+    def data_url(self) -> str:
+        """The original file as a data:video/...;base64 URL (what OpenAI-style servers take)."""
+        return video_to_data_url(self.data, self.info.container)
 
     def images(self) -> list[Image.Image]:
         """The sampled frames as PIL images (for previews)."""
@@ -178,7 +184,9 @@ def video_to_data_url(data: bytes, container: str = "mp4") -> str:
     return f"data:video/{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def write_video(frames: list[np.ndarray] | np.ndarray, target: Any, fps: int = 4, codec: str = "libx264") -> None:
+def write_video(
+    frames: list[np.ndarray] | np.ndarray, target: Any, fps: int = 4, codec: str = "libx264"
+) -> None:
     """Encode RGB frames ([H, W, 3] uint8, even sides) as an MP4 at `target` (a path or a binary file).
 
     Near-lossless (x264 with qp 1) so that tests and synthetic data read back what they wrote.
@@ -191,7 +199,11 @@ def write_video(frames: list[np.ndarray] | np.ndarray, target: Any, fps: int = 4
     height, width = frames[0].shape[:2]
     with av.open(target, mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p" if codec == "libx264" else "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = (
+            width,
+            height,
+            "yuv444p" if codec == "libx264" else "yuv420p",
+        )
         if codec == "libx264":
             stream.options = {"qp": "1", "preset": "ultrafast"}
         for array in frames:
@@ -275,7 +287,9 @@ class _open:
             raise InputError(f"{self.name}: empty input (0 bytes).")
         fmt = _sniff_format(self.data[:16])
         if fmt is None:
-            raise InputError(f"{self.name}: not a video container glmlab reads. Supported: {SUPPORTED_VIDEOS}.")
+            raise InputError(
+                f"{self.name}: not a video container glmlab reads. Supported: {SUPPORTED_VIDEOS}."
+            )
         try:
             self.container = av.open(io.BytesIO(self.data), format=fmt, mode="r")
         except (av.FFmpegError, ValueError, OSError) as error:
@@ -356,7 +370,7 @@ def _decode(data: bytes, name: str, opts: VideoOptions) -> Video:
     found = sorted(frames)
     indices = [index if index in frames else found[-1] for index in wanted]  # a stream shorter than declared
     stack = np.stack([frames[index] for index in indices])
-    return Video(stack, indices, info, name)
+    return Video(stack, indices, info, name, data)
 
 
 def _decode_frames(
