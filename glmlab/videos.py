@@ -111,20 +111,18 @@ class Video:
             self._previews = [Image.fromarray(frame) for frame in self.frames]
         return self._previews
 
-    def metadata(self) -> Any:
-        """transformers' VideoMetadata for the processor: the source fps and the sampled indices, so
-        the prompt's frame timestamps are the real ones."""
-        from transformers.video_utils import VideoMetadata
-
-        return VideoMetadata(
-            total_num_frames=self.info.frames,
-            fps=self.info.fps,
-            width=self.info.width,
-            height=self.info.height,
-            duration=self.info.duration_s,
-            video_backend="pyav",
-            frames_indices=list(self.indices),
-        )
+    def metadata(self) -> dict[str, Any]:
+        """The processor's video metadata (transformers' VideoMetadata fields, as a dict: no model code
+        here): the source fps and the sampled indices, so the prompt's frame timestamps are the real ones."""
+        return {
+            "total_num_frames": self.info.frames,
+            "fps": self.info.fps,
+            "width": self.info.width,
+            "height": self.info.height,
+            "duration": self.info.duration_s,
+            "video_backend": "pyav",
+            "frames_indices": list(self.indices),
+        }
 
 
 def is_video(source: Any) -> bool:
