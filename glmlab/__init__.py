@@ -22,6 +22,7 @@ _LAZY = {
     "DEFAULT_MODEL": "glmlab.loading",
     "VLM": "glmlab.model",
     "Client": "glmlab.client",
+    "load_video": "glmlab.videos",
 }
 __all__ = [
     "DEFAULT_MODEL",
@@ -35,6 +36,7 @@ __all__ = [
     "Timing",
     "Usage",
     "load",
+    "load_video",
     "__version__",
 ]
 

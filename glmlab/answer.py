@@ -32,10 +32,12 @@ _BOX_MAX = 1000  # GLM-V's box coordinates are thousandths of the image side
 
 @dataclass
 class Usage:
-    """Token counts of one answer; `image_tokens` is part of `prompt_tokens`."""
+    """Token counts of one answer; `image_tokens` and `video_tokens` are part of `prompt_tokens`
+    (a video's frames are image tokens between <|begin_of_video|> and <|end_of_video|>)."""
 
     prompt_tokens: int = 0
     image_tokens: int = 0
+    video_tokens: int = 0
     completion_tokens: int = 0
 
     @property

@@ -43,16 +43,24 @@ def group_for_padding(items: list[BatchItem], batch_size: int) -> list[list[Batc
     """Batches of prepared items with similar prompt lengths (sorted, then chunked): only the token
     sequences are padded (image patches are concatenated), and a prompt's length counts its image
     tokens, so this also groups images of similar size."""
-    ordered = sorted(items, key=lambda item: item.prompt.features["input_ids"].shape[1])
-    return [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    groups = []
+    for has_video in (False, True):  # a batch holds images or videos, never both (prompts.to_conversation)
+        kind = [item for item in items if ("pixel_values_videos" in item.prompt.features) is has_video]
+        ordered = sorted(kind, key=lambda item: item.prompt.features["input_ids"].shape[1])
+        groups += [ordered[start : start + batch_size] for start in range(0, len(ordered), batch_size)]
+    return groups
 
 
 def collate_left_padded(features: list[Any], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Stack single-prompt processor outputs into one left-padded batch."""
     rows = [{key: feature[key][0] for key in ("input_ids", "mm_token_type_ids")} for feature in features]
     batch = pad_rows(rows, {"input_ids": pad_token_id, "mm_token_type_ids": 0}, side="left")
-    return batch | concat_images(
-        [(feature.get("pixel_values"), feature.get("image_grid_thw")) for feature in features]
+    return (
+        batch
+        | concat_images(
+            [(feature.get("pixel_values"), feature.get("image_grid_thw")) for feature in features]
+        )
+        | concat_videos(features)
     )
 
 
@@ -73,6 +81,17 @@ def pad_rows(
             batch[key][index, span] = row[key]
         batch["attention_mask"][index, span] = 1
     return batch
+
+
+def concat_videos(features: list[Any]) -> dict[str, torch.Tensor]:
+    """pixel_values_videos and video_grid_thw of samples, concatenated in sample order; {} without videos."""
+    present = [feature for feature in features if feature.get("pixel_values_videos") is not None]
+    if not present:
+        return {}
+    return {
+        "pixel_values_videos": torch.cat([feature["pixel_values_videos"] for feature in present]),
+        "video_grid_thw": torch.cat([feature["video_grid_thw"] for feature in present]),
+    }
 
 
 def concat_images(images: list[tuple[torch.Tensor | None, torch.Tensor | None]]) -> dict[str, torch.Tensor]:

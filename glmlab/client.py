@@ -216,7 +216,8 @@ class Client:
     def openai_messages(
         self, messages: list[dict[str, Any]], *, max_image_pixels: int | None = None
     ) -> list[dict]:
-        """Messages in OpenAI's format with every image inlined as a data URL (`glmlab.openai_format`)."""
+        """Messages in OpenAI's format with every image and video inlined as a data URL
+        (`glmlab.openai_format`)."""
         return to_openai_messages(messages, lambda image: self._image_part(image, max_image_pixels))
 
     def _image_part(self, image: Image.Image, max_image_pixels: int | None) -> dict[str, Any]:
@@ -340,6 +341,7 @@ class RemoteStream:
         counts = Usage(
             prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
             image_tokens=image_tokens,
+            video_tokens=getattr(details, "video_tokens", None) or 0,
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
         )
         timing = Timing.from_times(self._start, first_token, end, counts.completion_tokens)

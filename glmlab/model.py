@@ -94,6 +94,7 @@ class VLM:
         self.image_token_id = model.config.image_token_id
         self.end_of_image_id = model.config.image_end_token_id
         self.prefix_cache = PrefixCache(prefix_cache_bytes)
+        self.video_options: dict[str, Any] = {}  # glmlab.videos.VideoOptions fields (fps, max_frames, limits)
         self._grammars: Grammars | None = None  # built at the first schema-constrained call
         self.eos_token_ids = _eos_ids(model)
         self.hidden_token_ids = self.eos_token_ids | {
@@ -321,7 +322,9 @@ class VLM:
         tools: list[dict[str, Any]] | None = None,
     ) -> Prompt:
         """Render and tokenise a conversation with the checkpoint's own template and processor."""
-        conversation = prompts.to_conversation(messages, allow_urls=self.allow_urls)
+        conversation = prompts.to_conversation(
+            messages, allow_urls=self.allow_urls, video_options=self.video_options
+        )
         text = prompts.render(
             self.processor,
             conversation.messages,
@@ -334,6 +337,7 @@ class VLM:
             [text],
             [conversation.images],
             max_image_pixels=max_image_pixels or self.max_image_pixels,
+            videos=[conversation.videos],
         )
         return Prompt(text, conversation.images, features)
 
@@ -391,7 +395,7 @@ class VLM:
     ):
         """Generate kwargs that start from the cached image prefix (computed now on a miss)."""
         length = prefix_length(inputs["input_ids"], self.end_of_image_id)
-        if length == 0:
+        if length == 0 or "video_grid_thw" in inputs:  # the cache keys images, not videos' frames
             return inputs
         grid = inputs["image_grid_thw"].tolist()
         key = (
@@ -698,10 +702,13 @@ class VLM:
             if stop in raw:
                 raw, finish_reason = raw.split(stop, 1)[0], "stop"
         counted = len(completion) + (finish_reason == "stop" and len(completion) < len(new_ids))
+        types = prompt.features.get("mm_token_type_ids")
+        video_tokens = 0 if types is None else int((types == 2).sum())  # frames' image tokens in a video
         usage = Usage(
             prompt_tokens=prompt.prompt_tokens,
             completion_tokens=counted,
-            image_tokens=int((prompt.features["input_ids"] == self.image_token_id).sum()),
+            image_tokens=int((prompt.features["input_ids"] == self.image_token_id).sum()) - video_tokens,
+            video_tokens=video_tokens,
         )
         timing = Timing.from_times(start, first_token, end, counted)
         name = self.active_adapter if adapter is DEFAULT_ADAPTER else adapter
@@ -722,8 +729,9 @@ class VLM:
 
     def _to_device(self, features: Any) -> dict[str, torch.Tensor]:
         inputs = {key: value.to(self.device) for key, value in features.items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs:
+                inputs[key] = inputs[key].to(self.dtype)
         return inputs
 
     # ---- adapters (glmlab.adapters.AdapterSet; here the lock and the prefix cache) -----------------

@@ -89,14 +89,24 @@ def to_openai_messages(
     The client's own process reads local paths anyway, so private URL addresses are no extra reach.
     """
     conversation = to_conversation(messages, allow_urls=True, allow_private_urls=True)
-    images = iter(conversation.images)
+    images, videos = iter(conversation.images), iter(conversation.videos)
     converted = []
     for message in conversation.messages:
         content = message["content"]
         if isinstance(content, list):
-            content = [image_part(next(images)) if part["type"] == "image" else part for part in content]
+            content = [_outgoing_part(part, images, videos, image_part) for part in content]
         converted.append({**message, "content": content})
     return converted
+
+
+def _outgoing_part(part: dict, images: Any, videos: Any, image_part: Callable) -> dict[str, Any]:
+    """A normalised part as sent: images through `image_part`, videos as the file's own bytes in a
+    video_url data URL (the server samples the frames, as vLLM does)."""
+    if part["type"] == "image":
+        return image_part(next(images))
+    if part["type"] == "video":
+        return {"type": "video_url", "video_url": {"url": next(videos).data_url()}}
+    return part
 
 
 # ---- OpenAI -> glmlab (the server) ----------------------------------------------------------------
@@ -134,17 +144,22 @@ def from_openai_messages(
             for position, part in enumerate(_parts(message)):
                 _check_remote(part, f"messages[{index}].content[{position}]")
     conversation = to_conversation(messages, **image_options)
-    images = iter(conversation.images)
+    images, videos = iter(conversation.images), iter(conversation.videos)
     converted = []
     for message in conversation.messages:
         content = message["content"]
         if isinstance(content, list):
-            content = [
-                {"type": "image", "image": next(images)} if part["type"] == "image" else part
-                for part in content
-            ]
+            content = [_incoming_part(part, images, videos) for part in content]
         converted.append({**message, "content": content})
     return converted
+
+
+def _incoming_part(part: dict, images: Any, videos: Any) -> dict[str, Any]:
+    if part["type"] == "image":
+        return {"type": "image", "image": next(images)}
+    if part["type"] == "video":
+        return {"type": "video", "video": next(videos)}  # sampled already: the model keeps its frames
+    return part
 
 
 def _parts(message: Any) -> list[Any]:
@@ -154,6 +169,15 @@ def _parts(message: Any) -> list[Any]:
 
 def _check_remote(part: Any, where: str) -> None:
     if not isinstance(part, dict) or part.get("type") == "text":
+        return
+    if part.get("type") == "video_url":
+        value = part.get("video_url")
+        url = value.get("url") if isinstance(value, dict) else value
+        if not isinstance(url, str) or not url.startswith("data:"):
+            raise InputError(
+                f"{where}: video_url.url {str(url)[:60]!r}: expected a data:video/...;base64 URL; the server "
+                "fetches no video URLs and reads no paths on its own disk."
+            )
         return
     value = part.get("image_url")
     url = value.get("url") if isinstance(value, dict) else value

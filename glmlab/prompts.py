@@ -16,17 +16,21 @@ from PIL import Image
 from glmlab.errors import InputError
 from glmlab.images import to_pil
 from glmlab.settings import MIN_IMAGE_PIXELS
+from glmlab.videos import Video, is_video, load_video
 
 IMAGE_ITEM_TYPES = ("image", "image_url", "input_image")
+VIDEO_ITEM_TYPES = ("video", "video_url")
 ROLES = ("system", "user", "assistant", "tool", "observation")
 
 
 @dataclass
 class Conversation:
-    """Messages in the template's form (image items carry no payload) and their images in order."""
+    """Messages in the template's form (image and video items carry no payload), their images and
+    their videos (sampled frames, `glmlab.videos.Video`) in order."""
 
     messages: list[dict[str, Any]]
     images: list[Image.Image] = field(default_factory=list)
+    videos: list[Video] = field(default_factory=list)
 
 
 def pixel_budget_size(max_image_pixels: int) -> dict[str, int]:
@@ -62,22 +66,27 @@ def conversation_messages(
     for position, turn in enumerate(turns):
         content: Any = turn["content"]
         if position == first_user:
-            items = [{"type": "image", "image": image} for image in _as_list(images)]
+            items = [_media_item(item) for item in _as_list(images)]
             content = items + [{"type": "text", "text": content}]
         messages.append({"role": turn["role"], "content": content})
     return messages
 
 
-def to_conversation(messages: list[dict[str, Any]], **image_options: Any) -> Conversation:
-    """Normalise OpenAI-format and transformers-format messages; load every image they reference.
+def to_conversation(
+    messages: list[dict[str, Any]], *, video_options: dict[str, Any] | None = None, **image_options: Any
+) -> Conversation:
+    """Normalise OpenAI-format and transformers-format messages; load every image and video they reference.
 
-    OpenAI parts: {"type": "text", "text"}, {"type": "image_url", "image_url": {"url": data/http URL}}.
-    transformers parts: {"type": "image", "image" | "url" | "path": any glmlab image input}.
-    An item that expands to several images (a PDF) becomes several image items.
+    OpenAI parts: {"type": "text", "text"}, {"type": "image_url", "image_url": {"url": data/http URL}},
+    {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}} (as vLLM takes them).
+    transformers parts: {"type": "image", "image" | "url" | "path": any glmlab image input},
+    {"type": "video", "video" | "path": a video path, data URL, bytes or Video}.
+    An item that expands to several images (a PDF) becomes several image items. `video_options` are
+    `glmlab.videos.VideoOptions` fields (fps, max_frames and the limits).
     """
     if not isinstance(messages, list) or not messages:
         raise InputError("messages: expected a non-empty list of {'role', 'content'} dicts.")
-    normalised, images = [], []
+    normalised, images, videos = [], [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise InputError(
@@ -91,13 +100,23 @@ def to_conversation(messages: list[dict[str, Any]], **image_options: Any) -> Con
             raise InputError(f"messages[{index}].content: expected a string or a list of parts.")
         parts = []
         for position, part in enumerate(content):
-            new_parts, new_images = _normalise_part(
-                part, f"messages[{index}].content[{position}]", image_options
-            )
+            where = f"messages[{index}].content[{position}]"
+            if isinstance(part, dict) and part.get("type") in VIDEO_ITEM_TYPES:
+                videos.append(load_video(_video_source(part, where), **(video_options or {})))
+                parts.append({"type": "video"})
+                continue
+            new_parts, new_images = _normalise_part(part, where, image_options)
             parts += new_parts
             images += new_images
         normalised.append(_copy_message(message, parts))
-    return Conversation(normalised, images)
+    if images and videos:
+        # Glm4v marks a video's frames with the image token, and transformers' model then cannot tell
+        # the two apart (it matches image features against every image token, the frames' included).
+        raise InputError(
+            f"messages: {len(images)} image(s) and {len(videos)} video(s) in one conversation; GLM-V models "
+            "in transformers take images or videos in one prompt, not both. Ask about them separately."
+        )
+    return Conversation(normalised, images, videos)
 
 
 def render(
@@ -120,23 +139,37 @@ def render(
 
 
 def encode(
-    processor: Any, texts: list[str], images: list[list[Image.Image]], *, max_image_pixels: int | None = None
+    processor: Any,
+    texts: list[str],
+    images: list[list[Image.Image]],
+    *,
+    max_image_pixels: int | None = None,
+    videos: list[list[Video]] | None = None,
 ) -> Any:
-    """Tokenise prompt texts and expand their image placeholders (left-padded when several).
+    """Tokenise prompt texts and expand their image and video placeholders (left-padded when several).
 
-    Returns the processor's BatchFeature without `token_type_ids` (the model card drops it).
+    Videos go in as their sampled frames with their metadata and `do_sample_frames=False`: glmlab
+    sampled them already (`glmlab.videos`), and the metadata gives the prompt the frames' real
+    timestamps. Returns the processor's BatchFeature without `token_type_ids` (the model card drops it).
     """
     kwargs: dict[str, Any] = {}
     if max_image_pixels is not None:
-        kwargs["size"] = pixel_budget_size(max_image_pixels)
+        kwargs["images_kwargs"] = {"size": pixel_budget_size(max_image_pixels)}
     flat = [image for sample in images for image in sample]
     batch_images = (images if len(texts) > 1 else images[0]) if flat else None
+    clips = [video for sample in videos or [] for video in sample]
+    if clips:
+        kwargs["videos"] = [video.frames for video in clips]
+        kwargs["videos_kwargs"] = {
+            "video_metadata": [video.metadata() for video in clips],
+            "do_sample_frames": False,
+        }
     try:
         features = processor(
             text=texts, images=batch_images, return_tensors="pt", padding=len(texts) > 1, **kwargs
         )
     except ValueError as error:  # e.g. an aspect ratio over 200:1, placeholder/image count mismatch
-        raise InputError(f"the images could not be processed: {error}") from None
+        raise InputError(f"the images or videos could not be processed: {error}") from None
     features.pop("token_type_ids", None)
     return features
 
@@ -158,7 +191,29 @@ def _normalise_part(part: Any, where: str, image_options: dict) -> tuple[list[di
     if kind in IMAGE_ITEM_TYPES:
         loaded = to_pil(_image_source(part, where), **image_options)
         return [{"type": "image"} for _ in loaded], loaded
-    raise InputError(f"{where}: unsupported content type {kind!r}; use 'text', 'image' or 'image_url'.")
+    raise InputError(
+        f"{where}: unsupported content type {kind!r}; use 'text', 'image', 'image_url', 'video' or 'video_url'."
+    )
+
+
+def _media_item(source: Any) -> dict[str, Any]:
+    """A question's image or video item: videos are told apart by `glmlab.videos.is_video`."""
+    if is_video(source):
+        return {"type": "video", "video": source}
+    return {"type": "image", "image": source}
+
+
+def _video_source(part: dict, where: str) -> Any:
+    if part["type"] == "video_url":
+        value = part.get("video_url")
+        url = value.get("url") if isinstance(value, dict) else value
+        if not url:
+            raise InputError(f"{where}: a video_url part needs video_url.url (a data:video/...;base64 URL).")
+        return url
+    for key in ("video", "path", "url"):
+        if part.get(key) is not None:
+            return part[key]
+    raise InputError(f"{where}: a video part needs 'video' or 'path'.")
 
 
 def _image_source(part: dict, where: str) -> Any:

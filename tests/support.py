@@ -4,7 +4,8 @@
 - Adapters: `make_adapter` writes a random LoRA adapter (`glmlab.adapters.random_adapter`) for the tiny
   checkpoint, target modules anchored to the language model (optionally one vision module too), so
   that base, adapter A and adapter B answer differently under greedy decoding.
-- Servers: `API_KEY`, `data_url`, `image_message`, `GREEDY` (OpenAI field names).
+- Servers: `API_KEY`, `data_url`, `image_message`, `video_message`, `GREEDY` (OpenAI field names).
+- Videos: `gray_clip`, an MP4 whose frames say their own index.
 - Browser tests: `CHROMIUM` (Debian's chromium, driven by Playwright), `CHROMIUM_ARGS`, `lab_page` (a
   Chromium page on JupyterLab showing a scratch copy of a notebook) and `run_all_cells`.
 - Eval: `EVAL_DIR`, `shapes_suite`, `QUIET`, `script` (sets the scripted tiny model's greedy answer; the
@@ -93,6 +94,31 @@ def image_message(image, question: str) -> list[dict]:
             "role": "user",
             "content": [
                 {"type": "image_url", "image_url": {"url": data_url(image)}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
+
+
+def gray_clip(frames: int = 20, fps: int = 4, width: int = 64, height: int = 48) -> bytes:
+    """An MP4 whose frame i is flat gray level 8 * i, so a decoded frame tells which one it is."""
+    import io
+
+    import numpy as np
+
+    from glmlab.videos import write_video
+
+    buffer = io.BytesIO()
+    write_video([np.full((height, width, 3), 8 * i, np.uint8) for i in range(frames)], buffer, fps=fps)
+    return buffer.getvalue()
+
+
+def video_message(url: str, question: str) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video_url", "video_url": {"url": url}},
                 {"type": "text", "text": question},
             ],
         }

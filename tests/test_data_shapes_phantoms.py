@@ -151,7 +151,14 @@ def test_phantom_folder_of_dicom_files_loads_through_the_folder_loader(tmp_path)
 
 
 def test_registry_names_each_generator_and_checks_its_options(tmp_path):
-    assert set(GENERATORS) == {"shapes", "invoices-zh", "invoices-en", "medical-phantoms", "moderation"}
+    assert set(GENERATORS) == {
+        "shapes",
+        "invoices-zh",
+        "invoices-en",
+        "medical-phantoms",
+        "moderation",
+        "moving-shapes",
+    }
     assert generate("shapes", 2, seed=0, size=56)[0]["image"].size == (56, 56)
     assert "language" not in generator_options("invoices-en")
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['colour'\]"):

@@ -73,7 +73,7 @@ def test_completion_answers_like_the_local_model_with_usage(client, served_vlm):
         "prompt_tokens": local.usage.prompt_tokens,
         "completion_tokens": 6,
         "total_tokens": local.usage.prompt_tokens + 6,
-        "prompt_tokens_details": {"image_tokens": 16},
+        "prompt_tokens_details": {"image_tokens": 16, "video_tokens": 0},
     }
 
 

@@ -1,4 +1,4 @@
-"""`glmlab ask IMAGE... -q QUESTION`: one question about images, from the shell."""
+"""`glmlab ask FILE... -q QUESTION`: one question about images or videos, from the shell."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from glmlab.loading import DEFAULT_MODEL
 @app.command()
 def ask(
     images: list[Path] = typer.Argument(
-        None, help="Image, PDF or DICOM files (none for a text-only question)."
+        None,
+        help="Image, PDF, DICOM or video (MP4, MOV, WebM, MKV, AVI) files (none for a text-only question).",
     ),
     question: str = typer.Option(..., "--question", "-q", help="The question to ask."),
     model: str = typer.Option(DEFAULT_MODEL, help="Hub id, local checkpoint folder, or 'tiny'."),
@@ -33,8 +34,12 @@ def ask(
     max_image_pixels: int = typer.Option(
         None, help="Largest image area kept after resizing (latency lever)."
     ),
+    fps: float = typer.Option(None, help="Video frames sampled per second of video (default 2)."),
+    max_frames: int = typer.Option(
+        None, help="Most video frames kept, spread over the clip when fps would give more (default 32)."
+    ),
 ) -> None:
-    """Ask one question about images and print the answer."""
+    """Ask one question about images or videos and print the answer."""
     import glmlab
 
     quiet_transformers()
@@ -51,6 +56,7 @@ def ask(
     with clear_errors(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vlm = glmlab.load(model, adapter=adapter, max_image_pixels=max_image_pixels)
+        vlm.video_options = {k: v for k, v in dict(fps=fps, max_frames=max_frames).items() if v is not None}
         options = dict(system=system, thinking=False if no_thinking else None, **gen)
         if stream:
             streamed = vlm.stream(images or [], question, **options)

@@ -4,8 +4,8 @@
   DataFrame, a list of dicts or a hub dataset into a `datasets.Dataset` with columns `id`, `images`,
   `messages`, `metadata`; `save_records` writes the folder they read back; `to_messages(record)` is the
   conversation of one record, the single place training and eval take prompts and answers from.
-- Generators (`generate_shapes`, `generate_invoices`, `generate_phantoms`, `generate_moderation`) make
-  records with exact ground truth, deterministic given a seed; `GENERATORS` names them for recipes and suites, and
+- Generators (`generate_shapes`, `generate_invoices`, `generate_phantoms`, `generate_moderation`, and
+  `generate_moving_shapes`, whose records hold a video) make records with exact ground truth, deterministic given a seed; `GENERATORS` names them for recipes and suites, and
   `generate(name, n, ...)` calls one by name.
 
 Loading and generating know nothing of models, tokens or chat templates: images stay images and the
@@ -27,6 +27,7 @@ from glmlab.data.loaders import (
     save_records,
 )
 from glmlab.data.moderation import generate_moderation
+from glmlab.data.moving_shapes import generate_moving_shapes
 from glmlab.data.phantoms import generate_phantoms
 from glmlab.data.records import REASONS, Dialogue, RecordError, to_dialogue, to_messages
 from glmlab.data.shapes import generate_shapes
@@ -48,6 +49,7 @@ __all__ = [
     "generator_options",
     "generate_invoices",
     "generate_moderation",
+    "generate_moving_shapes",
     "generate_phantoms",
     "generate_shapes",
     "load_records",

@@ -10,6 +10,7 @@ from typing import Any
 
 from glmlab.data.invoices import generate_invoices
 from glmlab.data.moderation import generate_moderation
+from glmlab.data.moving_shapes import generate_moving_shapes
 from glmlab.data.phantoms import generate_phantoms
 from glmlab.data.shapes import generate_shapes
 from glmlab.errors import ConfigError
@@ -20,6 +21,7 @@ GENERATORS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "invoices-en": functools.partial(generate_invoices, language="en"),
     "medical-phantoms": generate_phantoms,
     "moderation": generate_moderation,
+    "moving-shapes": generate_moving_shapes,  # video records ("video", not "image"): the library only for now
 }
 
 

@@ -51,7 +51,18 @@ class ImagePart(_Strict):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class VideoURL(_Strict):
+    url: str = Field(min_length=1, max_length=MAX_URL_CHARS)  # a data:video/...;base64 URL
+
+
+class VideoPart(_Strict):
+    """A video as vLLM takes it: {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}}."""
+
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 
 
 class FunctionCall(_Strict):
@@ -218,7 +229,7 @@ def usage_body(answers: list[Answer]) -> dict[str, Any]:
         "prompt_tokens": first.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": first.prompt_tokens + completion,
-        "prompt_tokens_details": {"image_tokens": first.image_tokens},
+        "prompt_tokens_details": {"image_tokens": first.image_tokens, "video_tokens": first.video_tokens},
     }
 
 
