@@ -74,8 +74,8 @@ class Schema:
 
     def parse(self, text: str) -> tuple[Any, str | None]:
         """(the parsed value, None) or (None, why it is not a valid answer)."""
-        try:
-            value = json.loads(text)
+        try:  # strict=False: a schema's maxLength strings may hold raw control characters (tabs, newlines)
+            value = json.loads(text, strict=False)
         except json.JSONDecodeError as error:
             return None, f"the answer is not JSON ({error.msg} at character {error.pos})"
         if self.model is not None:
