@@ -258,6 +258,22 @@ def test_a_boxed_value_is_shown_as_the_boxed_answer_not_drawn_as_a_box(scripted)
         made.close()
 
 
+def test_the_thinking_budget_field_cuts_a_scripted_models_thinking(scripted):
+    script(scripted, "<think>abcdefghij</think>XYZ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = VQAWidget(scripted, max_new_tokens=40, temperature=0.0, thinking=True)
+    try:
+        made.question.value = QUESTION
+        made.thinking_budget.value = 3
+        made.ask().join()
+        answer = made.last_answer
+        assert (answer.thinking, answer.text, answer.thinking_truncated) == ("abc", "XYZ", True)
+    finally:
+        made.stop()
+        made.close()
+
+
 def test_preset_fills_the_question_and_resets_the_menu(widget):
     label, prompt = PRESETS[3]
     widget.presets.value = prompt

@@ -157,6 +157,15 @@ class VQAWidget(widgets.VBox):
             style=wide_label,
             layout=widgets.Layout(width="180px"),
         )
+        self.thinking_budget = widgets.BoundedIntText(
+            value=0,
+            min=0,
+            max=65536,
+            description="Thinking budget (0 = none)",
+            tooltip="Most tokens the model may think before it must answer (max_thinking_tokens).",
+            style=wide_label,
+            layout=widgets.Layout(width="260px"),
+        )
         self.temperature = widgets.BoundedFloatText(
             value=temperature,
             min=0.0,
@@ -198,7 +207,7 @@ class VQAWidget(widgets.VBox):
                 widgets.HBox([self.ask_button, self.stop_button, self.new_conversation_button]),
                 self.system,
                 widgets.HBox([self.thinking, self.multi_turn, self.enter_asks]),
-                widgets.HBox([self.max_tokens, self.temperature]),
+                widgets.HBox([self.max_tokens, self.thinking_budget, self.temperature]),
                 widgets.HBox([self.adapter, self.refresh_button]),
             ],
             layout=widgets.Layout(width="64%"),
@@ -223,6 +232,7 @@ class VQAWidget(widgets.VBox):
             "preview",
             "question",
             "max_tokens",
+            "thinking_budget",
             "adapter",
             "answer",
             "timing",
@@ -368,6 +378,8 @@ class VQAWidget(widgets.VBox):
             "max_new_tokens": self.max_tokens.value,
             "temperature": self.temperature.value,
         }
+        if self.thinking.value and self.thinking_budget.value > 0:
+            options["max_thinking_tokens"] = self.thinking_budget.value
         return Request(
             question=self.question.value.strip(),
             images=list(self.images) if attach else [],
