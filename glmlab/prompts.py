@@ -21,6 +21,10 @@ from glmlab.videos import Video, is_video, load_video
 IMAGE_ITEM_TYPES = ("image", "image_url", "input_image")
 VIDEO_ITEM_TYPES = ("video", "video_url")
 ROLES = ("system", "user", "assistant", "tool", "observation")
+# Where a record's user text places an image (LLaVA's and LLaMA-Factory's marker). It is not a model
+# token: `conversation_messages(..., markers=True)` turns each one into an image item, and the chat
+# template renders the checkpoint's own image tokens there.
+IMAGE_MARKER = "<image>"
 
 
 @dataclass
@@ -55,21 +59,47 @@ def question_messages(images: Any, question: str, system: str | None = None) -> 
 
 
 def conversation_messages(
-    images: Any, turns: list[dict[str, str]], system: str | None = None
+    images: Any, turns: list[dict[str, str]], system: str | None = None, *, markers: bool = False
 ) -> list[dict[str, Any]]:
     """Prompt messages for text turns about images: the system text, then the turns, the images opening
-    the first user turn. Inference, training samples and eval questions are all built here."""
+    the first user turn. Inference, training samples and eval questions are all built here.
+
+    markers=True (records): when the user turns hold `IMAGE_MARKER`s, one per image, each image goes
+    where its marker is, in order; text around a marker is stripped, as a question after images is.
+    Without markers the images open the first user turn, as they do for a plain question."""
     first_user = next((i for i, turn in enumerate(turns) if turn["role"] == "user"), None)
     if first_user is None:
         raise InputError("turns: no user turn to attach the images to.")
+    items = [_media_item(item) for item in _as_list(images)]
+    placed = markers and any(IMAGE_MARKER in turn["content"] for turn in turns if turn["role"] == "user")
+    if placed:
+        count = sum(turn["content"].count(IMAGE_MARKER) for turn in turns if turn["role"] == "user")
+        if count != len(items):
+            raise InputError(
+                f"turns: the user text holds {count} {IMAGE_MARKER} marker(s) for {len(items)} image(s); "
+                f"give one marker per image, or none (the images then open the first user turn)."
+            )
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    remaining = iter(items)
     for position, turn in enumerate(turns):
         content: Any = turn["content"]
-        if position == first_user:
-            items = [_media_item(item) for item in _as_list(images)]
+        if placed and turn["role"] == "user" and IMAGE_MARKER in content:
+            content = _placed_parts(content, remaining)
+        elif position == first_user and not placed:
             content = items + [{"type": "text", "text": content}]
         messages.append({"role": turn["role"], "content": content})
     return messages
+
+
+def _placed_parts(text: str, items: Any) -> list[dict[str, Any]]:
+    """`a <image> b` -> text a, the next image item, text b (empty pieces left out)."""
+    parts: list[dict[str, Any]] = []
+    for index, piece in enumerate(text.split(IMAGE_MARKER)):
+        if index:
+            parts.append(next(items))
+        if piece.strip():
+            parts.append({"type": "text", "text": piece.strip()})
+    return parts
 
 
 def to_conversation(

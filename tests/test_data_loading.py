@@ -89,11 +89,16 @@ BAD_ROWS = {
 
 
 def test_to_messages_turns_shorthand_into_user_and_assistant_turns():
-    record = {"question": "<image>What shape is it?", "answer": " circle "}
+    record = {"question": "What shape is it?", "answer": " circle "}
     assert to_messages(record) == [
         {"role": "user", "content": "What shape is it?"},
         {"role": "assistant", "content": "circle"},
     ]
+
+
+def test_to_messages_keeps_image_markers_and_rewrites_glm_placeholders_to_them():
+    record = {"question": "Left <|begin_of_image|><|image|><|end_of_image|> right <image>?", "answer": "2"}
+    assert to_messages(record)[0] == {"role": "user", "content": "Left <image> right <image>?"}
 
 
 def test_to_messages_flattens_content_parts_and_drops_image_parts():

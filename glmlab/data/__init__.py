@@ -4,6 +4,7 @@
   DataFrame, a list of dicts or a hub dataset into a `datasets.Dataset` with columns `id`, `images`,
   `messages`, `metadata`; `save_records` writes the folder they read back; `to_messages(record)` is the
   conversation of one record, the single place training and eval take prompts and answers from.
+  `format="sharegpt" | "llama_factory" | "csv"` (`FORMATS`) reads other tools' layouts into records.
 - Generators (`generate_shapes`, `generate_invoices`, `generate_phantoms`, `generate_moderation`, and
   `generate_moving_shapes`, whose records hold a video) make records with exact ground truth, deterministic given a seed; `GENERATORS` names them for recipes and suites, and
   `generate(name, n, ...)` calls one by name.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from glmlab.data.amounts import amount_in_words_zh
 from glmlab.data.fonts import find_cjk_font
+from glmlab.data.formats import FORMATS
 from glmlab.data.generators import GENERATORS, generate, generator_options
 from glmlab.data.invoices import generate_invoices
 from glmlab.data.loaders import (
@@ -29,7 +31,7 @@ from glmlab.data.loaders import (
 from glmlab.data.moderation import generate_moderation
 from glmlab.data.moving_shapes import generate_moving_shapes
 from glmlab.data.phantoms import generate_phantoms
-from glmlab.data.records import REASONS, Dialogue, RecordError, to_dialogue, to_messages
+from glmlab.data.records import REASONS, Dialogue, RecordError, keep_markers, to_dialogue, to_messages
 from glmlab.data.shapes import generate_shapes
 from glmlab.data.source import DEFAULT_GENERATED_SAMPLES, DataSource, load_source
 
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_GENERATED_SAMPLES",
     "GENERATORS",
     "DataSource",
+    "FORMATS",
     "REASONS",
     "LoadReport",
     "Dialogue",
@@ -52,6 +55,7 @@ __all__ = [
     "generate_moving_shapes",
     "generate_phantoms",
     "generate_shapes",
+    "keep_markers",
     "load_records",
     "load_records_with_report",
     "load_source",

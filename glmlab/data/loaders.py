@@ -2,7 +2,8 @@
 
 Sources: a data folder (`data.jsonl` + image files, paths relative to the folder), a `.jsonl` file, a
 pandas DataFrame, a list of dicts, a `datasets.Dataset`, or a hub dataset name (through
-`datasets.load_dataset`). Whatever the source, the result has the same four columns:
+`datasets.load_dataset`); `format` reads other tools' layouts too (`glmlab.data.formats`: ShareGPT/LLaVA,
+LLaMA-Factory, a CSV beside its images). Whatever the source, the result has the same four columns:
 
 - `id` (string or null), `images` (a list of `datasets.Image`), `messages` (`[{"role", "content"}]`,
   string contents, last one the assistant's answer), `metadata` (a JSON string of every other field).
@@ -27,7 +28,8 @@ from typing import Any
 
 from PIL import Image
 
-from glmlab.data.records import RecordError, json_default, normalise_row, row_label
+from glmlab.data.formats import FORMATS, Format, read_rows
+from glmlab.data.records import RecordError, json_default, normalise_row
 from glmlab.errors import ConfigError, InputError
 from glmlab.images import encode_png, to_pil_list
 
@@ -91,6 +93,7 @@ def load_records_with_report(
     columns: Mapping[str, str] | None = None,
     image_root: str | Path | None = None,
     hub_options: Mapping[str, Any] | None = None,
+    format: str = "glmlab",
 ):
     """Load records from `source` and return `(dataset, LoadReport)`.
 
@@ -105,12 +108,17 @@ def load_records_with_report(
     image_root: folder that relative image paths are read from (default: the data folder, else the
         current directory).
     hub_options: extra keyword arguments for `datasets.load_dataset` (revision, name, cache_dir, ...).
+    format: the rows' layout, one of `glmlab.data.formats.FORMATS` ("glmlab", "sharegpt",
+        "llama_factory", "csv"): which files a folder holds, and how each row becomes a record.
     """
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error={on_error!r}: expected one of {ON_ERROR}.")
+    if format not in FORMATS:
+        raise ConfigError(f"format={format!r}: expected one of {tuple(FORMATS)}.")
+    layout = FORMATS[format]
     if limit is not None and limit < 1:
         raise ConfigError(f"limit={limit}: expected a positive number of records, or None for all.")
-    opened = _open_source(source, split, hub_options)
+    opened = _open_source(source, split, hub_options, layout, columns)
     root = Path(image_root) if image_root is not None else opened.image_root
     report, records = LoadReport(source=opened.name), []
     for index, row in opened.rows:
@@ -121,7 +129,13 @@ def load_records_with_report(
             if isinstance(row, RecordError):
                 raise row
             records.append(
-                normalise_row(_renamed(row, columns), index=index, source=opened.name, image_root=root)
+                normalise_row(
+                    _renamed(row, columns),
+                    index=index,
+                    source=opened.name,
+                    image_root=root,
+                    convert=layout.convert,
+                )
             )
         except RecordError as error:
             if on_error == "raise":
@@ -167,7 +181,13 @@ def _renamed(row: Any, columns: Mapping[str, str] | None) -> Any:
 # ---- sources --------------------------------------------------------------------------------------
 
 
-def _open_source(source: Any, split: str | None, hub_options: Mapping[str, Any] | None) -> _Source:
+def _open_source(
+    source: Any,
+    split: str | None,
+    hub_options: Mapping[str, Any] | None,
+    layout: Format,
+    columns: Mapping[str, str] | None,
+) -> _Source:
     import datasets
     import pandas as pd
 
@@ -178,7 +198,7 @@ def _open_source(source: Any, split: str | None, hub_options: Mapping[str, Any] 
     if isinstance(source, list | tuple):
         return _Source("list", enumerate(source), None)
     if isinstance(source, Path) or (isinstance(source, str) and Path(source).exists()):
-        return _local_source(Path(source), split)
+        return _local_source(Path(source), split, layout, columns)
     if isinstance(source, str):
         return _Source(source, enumerate(_stored_images(_hub_dataset(source, split, hub_options))), None)
     raise InputError(
@@ -187,36 +207,31 @@ def _open_source(source: Any, split: str | None, hub_options: Mapping[str, Any] 
     )
 
 
-def _local_source(path: Path, split: str | None) -> _Source:
+def _local_source(
+    path: Path, split: str | None, layout: Format, columns: Mapping[str, str] | None
+) -> _Source:
     if path.is_dir():
-        jsonl = path / (DATA_FILE if split is None else f"{split}.jsonl")
-        if not jsonl.is_file():
-            raise InputError(
-                f"{path}: no {jsonl.name} in this folder; a data folder holds {DATA_FILE} "
-                "(one JSON record a line) and its image files (see glmlab.data.save_records)."
+        stem = "data" if split is None else split
+        found = [
+            path / f"{stem}{suffix}" for suffix in layout.suffixes if (path / f"{stem}{suffix}").is_file()
+        ]
+        if not found:
+            names = " or ".join(f"{stem}{suffix}" for suffix in layout.suffixes)
+            holds = (
+                f"{DATA_FILE} (one JSON record a line) and its image files (see glmlab.data.save_records)"
+                if layout.name == "glmlab"
+                else f"{names} and its image files, or pass the file itself"
             )
-    elif path.is_file() and path.suffix == ".jsonl":
-        jsonl = path
+            raise InputError(f"{path}: no {names} in this folder; a {layout.name} data folder holds {holds}.")
+        file = found[0]
+    elif path.is_file() and path.suffix in layout.suffixes:
+        file = path
     elif path.exists():
-        raise InputError(f"{path}: not a data folder or .jsonl file.")
+        kinds = " or ".join(layout.suffixes)
+        raise InputError(f"{path}: not a data folder or {kinds} file (format {layout.name!r}).")
     else:
         raise InputError(f"{path}: no such folder or file.")
-    return _Source(str(jsonl), _jsonl_rows(jsonl), jsonl.parent)
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(index, row) per non-blank line; index = line number - 1. Invalid JSON yields a RecordError."""
-    with path.open(encoding="utf-8") as lines:
-        for index, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                yield index, json.loads(line)
-            except json.JSONDecodeError as error:
-                message = (
-                    f"{row_label(str(path), index, None)}: invalid JSON ({error.msg} at column {error.colno})"
-                )
-                yield index, RecordError(message, reason="invalid_row", index=index)
+    return _Source(str(file), read_rows(file, columns), file.parent)
 
 
 def _stored_images(dataset: Any) -> Any:

@@ -7,10 +7,14 @@ A record is one or more images plus a conversation about them. Sources write it 
   {"role": "assistant", "content": "..."}]}`, where content may also be a list of parts
   (`{"type": "text", "text": ...}`, `{"type": "image"}`).
 
-Every loader normalises to the chat form with string contents and no image placeholders in the text:
-the images travel in their own column, and the chat template of the model decides where they go, so
-a dataset never bakes in one model's image tokens. Keys other than `id`, `image(s)`, `question`,
-`answer`, `messages` and `metadata` are free metadata (ground-truth fields, question type, ...).
+Every loader normalises to the chat form with string contents. The images travel in their own column;
+where they go in the conversation is said, if at all, by `<image>` markers (`glmlab.prompts.IMAGE_MARKER`)
+in the user text, one per image in order, as LLaVA and LLaMA-Factory write them. A marker is not a model
+token: the prompt builder puts an image item there and the model's chat template renders its own image
+tokens, so a dataset never bakes in one model's image tokens (GLM's own `<|begin_of_image|>...` and
+`<|image|>` placeholders are rewritten to the marker). Without markers the images open the first user
+turn. Keys other than `id`, `image(s)`, `question`, `answer`, `messages` and `metadata` are free
+metadata (ground-truth fields, question type, ...).
 
 A row that cannot be used raises `RecordError`, an `InputError` whose `reason` (one of `REASONS`)
 lets a loader count skipped rows by kind, and whose message names the row and the problem.
@@ -21,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from PIL import Image
 
 from glmlab.errors import InputError
 from glmlab.images import encode_png, to_pil
+from glmlab.prompts import IMAGE_MARKER
 
 ROLES = ("system", "user", "assistant")
 RECORD_KEYS = ("id", "image", "images", "question", "answer", "messages", "metadata")
@@ -44,7 +49,7 @@ REASONS = (
     "missing_image",  # an image path that does not exist
     "unreadable_image",  # an image glmlab.images could not decode (corrupt, unsupported, refused)
 )
-# Image placeholders other tools put into the text; glmlab keeps images out of the text.
+# Image placeholders other tools put into the text; each becomes one IMAGE_MARKER.
 _PLACEHOLDER_RE = re.compile(r"<\|begin_of_image\|>(?:<\|image\|>)*<\|end_of_image\|>|<\|image\|>|<image>")
 # Image formats stored as their original bytes: PIL decodes them to exactly what glmlab saw.
 _KEEP_BYTES_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -60,8 +65,8 @@ class RecordError(InputError):
         self.record_id = record_id
 
 
-class _Problem(Exception):
-    """Internal: what is wrong, before the caller adds which row it is."""
+class RowProblem(Exception):
+    """What is wrong with a row, before the caller adds which row it is (format converters raise it too)."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -80,11 +85,11 @@ def to_messages(record: Mapping[str, Any]) -> list[dict[str, str]]:
 
     Accepts the shorthand (`question`/`answer`) or the chat form (`messages`), raw or already
     normalised (a row of a dataset from `load_records`). The last message is always the assistant's
-    non-empty answer; user text has image placeholders removed. Raises `RecordError` naming the problem.
+    non-empty answer; image placeholders in user text become `<image>` markers. Raises `RecordError` naming the problem.
     """
     try:
         return _messages_of(record)
-    except _Problem as problem:
+    except RowProblem as problem:
         record_id = _record_id(record) if isinstance(record, Mapping) else None
         raise RecordError(
             f"{row_label('record', None, record_id)}: {problem.detail}",
@@ -122,22 +127,33 @@ def to_dialogue(record: Mapping[str, Any]) -> Dialogue:
     return Dialogue(system, turns, messages[-1]["content"])
 
 
-def normalise_row(row: Any, *, index: int, source: str, image_root: Path | None = None) -> dict[str, Any]:
+def normalise_row(
+    row: Any,
+    *,
+    index: int,
+    source: str,
+    image_root: Path | None = None,
+    convert: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One raw row -> `{"id", "images", "messages", "metadata"}` as the loaders store it.
 
     `images` holds `{"bytes", "path": None}` cells for `datasets.Image` (each image is decoded once here
     by `glmlab.images.to_pil`, so a corrupt file is caught now, not mid-training); `metadata` is a JSON
     string of every key that is not part of the record format. Relative image paths are taken from
-    `image_root` (the data folder) when given.
+    `image_root` (the data folder) when given. `convert` turns a row of another format
+    (`glmlab.data.formats`) into the record format first; its `RowProblem`s name the row like ours.
     """
     record_id = _record_id(row) if isinstance(row, Mapping) else None
     try:
         if not isinstance(row, Mapping):
-            raise _Problem("invalid_row", f"has type {type(row).__name__}, not a mapping of fields")
+            raise RowProblem("invalid_row", f"has type {type(row).__name__}, not a mapping of fields")
+        if convert is not None:
+            row = convert(row)
         messages = _messages_of(row)
         images = [cell for value in _image_values(row) for cell in _image_cells(value, image_root)]
+        _check_markers(messages, len(images))
         metadata = json.dumps(_metadata_of(row), ensure_ascii=False, default=json_default)
-    except _Problem as problem:
+    except RowProblem as problem:
         raise RecordError(
             f"{row_label(source, index, record_id)}: {problem.detail}",
             reason=problem.reason,
@@ -150,7 +166,7 @@ def normalise_row(row: Any, *, index: int, source: str, image_root: Path | None 
 # ---- fields ---------------------------------------------------------------------------------------
 
 
-def _is_missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     """None, or the NaN/NA a DataFrame puts in an empty cell."""
     if value is None or value is pd.NA:
         return True
@@ -159,33 +175,33 @@ def _is_missing(value: Any) -> bool:
 
 def _record_id(row: Mapping[str, Any]) -> str | None:
     value = row.get("id")
-    return None if _is_missing(value) else str(value)
+    return None if is_missing(value) else str(value)
 
 
 def _messages_of(row: Mapping[str, Any]) -> list[dict[str, str]]:
-    has_messages = not _is_missing(row.get("messages"))
-    has_shorthand = any(not _is_missing(row.get(key)) for key in ("question", "answer"))
+    has_messages = not is_missing(row.get("messages"))
+    has_shorthand = any(not is_missing(row.get(key)) for key in ("question", "answer"))
     if has_messages and has_shorthand:
-        raise _Problem("invalid_row", "has both 'messages' and 'question'/'answer'; keep one form")
+        raise RowProblem("invalid_row", "has both 'messages' and 'question'/'answer'; keep one form")
     if has_messages:
         return _checked_messages(row["messages"])
     question, answer = row.get("question"), row.get("answer")
     for key, value in (("question", question), ("answer", answer)):
-        if _is_missing(value):
-            raise _Problem(
+        if is_missing(value):
+            raise RowProblem(
                 "missing_field", f"missing field {key!r} (give 'question' and 'answer', or 'messages')"
             )
         if not isinstance(value, str):
-            raise _Problem(
+            raise RowProblem(
                 "wrong_type",
                 f"field {key!r} has type {type(value).__name__}, expected a string "
                 f"(got {value!r}; convert it with str() if it is meant as text)",
             )
-    question = _strip_placeholders(question)
-    if not question:
-        raise _Problem("empty_question", "the question is empty")
+    question = _canonical_markers(question)
+    if not _without_markers(question):
+        raise RowProblem("empty_question", "the question is empty")
     if not answer.strip():
-        raise _Problem("empty_answer", "the answer is empty")
+        raise RowProblem("empty_answer", "the answer is empty")
     return [{"role": "user", "content": question}, {"role": "assistant", "content": answer.strip()}]
 
 
@@ -193,7 +209,7 @@ def _checked_messages(messages: Any) -> list[dict[str, str]]:
     if isinstance(messages, np.ndarray):  # parquet/Arrow list cells arrive as numpy object arrays
         messages = list(messages)
     if not isinstance(messages, list | tuple):
-        raise _Problem(
+        raise RowProblem(
             "wrong_type",
             f"field 'messages' has type {type(messages).__name__}, expected a list of "
             "{'role', 'content'} dicts",
@@ -201,26 +217,31 @@ def _checked_messages(messages: Any) -> list[dict[str, str]]:
     normalised = []
     for turn, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise _Problem("wrong_type", f"messages[{turn}] is not a {{'role', 'content'}} dict")
+            raise RowProblem("wrong_type", f"messages[{turn}] is not a {{'role', 'content'}} dict")
         role = message["role"]
         if role not in ROLES:
-            raise _Problem("wrong_type", f"messages[{turn}] has role {role!r}; expected one of {ROLES}")
+            raise RowProblem("wrong_type", f"messages[{turn}] has role {role!r}; expected one of {ROLES}")
         content = _text_of(message["content"], f"messages[{turn}].content")
+        if role != "user" and IMAGE_MARKER in _canonical_markers(content):
+            raise RowProblem(
+                "invalid_row", f"messages[{turn}] ({role}) holds an image marker; images belong in user turns"
+            )
         normalised.append(
-            {"role": role, "content": _strip_placeholders(content) if role == "user" else content}
+            {"role": role, "content": _canonical_markers(content) if role == "user" else content}
         )
-    if not any(message["role"] == "user" and message["content"] for message in normalised):
-        raise _Problem("empty_question", "messages hold no user turn with text")
+    if not any(message["role"] == "user" and _without_markers(message["content"]) for message in normalised):
+        raise RowProblem("empty_question", "messages hold no user turn with text")
     if not normalised or normalised[-1]["role"] != "assistant":
-        raise _Problem("missing_field", "messages do not end with an assistant answer")
+        raise RowProblem("missing_field", "messages do not end with an assistant answer")
     if not normalised[-1]["content"].strip():
-        raise _Problem("empty_answer", "the assistant answer is empty")
+        raise RowProblem("empty_answer", "the assistant answer is empty")
     normalised[-1]["content"] = normalised[-1]["content"].strip()
     return normalised
 
 
 def _text_of(content: Any, where: str) -> str:
-    """A message content as text: a string, or the text parts of a parts list (image parts dropped)."""
+    """A message content as text: a string, or the text parts of a parts list (image parts dropped:
+    a parts list gives no reason to move its images from the opening of the first user turn)."""
     if isinstance(content, str):
         return content
     if isinstance(content, np.ndarray):
@@ -229,30 +250,53 @@ def _text_of(content: Any, where: str) -> str:
         texts = [part.get("text") for part in content if part.get("type") == "text"]
         if all(isinstance(text, str) for text in texts):
             return "\n".join(texts)
-    raise _Problem(
+    raise RowProblem(
         "wrong_type",
         f"{where} has type {type(content).__name__}; expected a string or a list of "
         "{'type': 'text', 'text': ...} / {'type': 'image'} parts",
     )
 
 
-def _strip_placeholders(text: str) -> str:
-    return _PLACEHOLDER_RE.sub("", text).strip()
+def _canonical_markers(text: str) -> str:
+    return _PLACEHOLDER_RE.sub(IMAGE_MARKER, text).strip()
+
+
+def _without_markers(text: str) -> str:
+    return text.replace(IMAGE_MARKER, "").strip()
+
+
+def _check_markers(messages: list[dict[str, str]], images: int) -> None:
+    """Markers, when the text has any, number the images: one each, as LLaVA and LLaMA-Factory require."""
+    count = sum(message["content"].count(IMAGE_MARKER) for message in messages if message["role"] == "user")
+    if count and count != images:
+        raise RowProblem(
+            "invalid_row",
+            f"the text holds {count} {IMAGE_MARKER} marker(s) but the record has {images} image(s); "
+            "give one marker per image, or none (the images then open the first user turn)",
+        )
+
+
+def keep_markers(question: str, replacement: str) -> str:
+    """`replacement` (a fixed instruction) with the image markers `question` held in front of it, so
+    a record whose images are placed by markers keeps one marker per image."""
+    return IMAGE_MARKER * question.count(IMAGE_MARKER) + replacement
 
 
 def _metadata_of(row: Mapping[str, Any]) -> dict[str, Any]:
     metadata = row.get("metadata")
-    if _is_missing(metadata):
+    if is_missing(metadata):
         metadata = {}
     elif isinstance(metadata, str):
         try:
             metadata = json.loads(metadata)
         except json.JSONDecodeError:
-            raise _Problem("wrong_type", "field 'metadata' is a string but not JSON") from None
+            raise RowProblem("wrong_type", "field 'metadata' is a string but not JSON") from None
     if not isinstance(metadata, Mapping):
-        raise _Problem("wrong_type", f"field 'metadata' has type {type(metadata).__name__}, expected a dict")
+        raise RowProblem(
+            "wrong_type", f"field 'metadata' has type {type(metadata).__name__}, expected a dict"
+        )
     extras = {
-        key: (None if _is_missing(value) else value) for key, value in row.items() if key not in RECORD_KEYS
+        key: (None if is_missing(value) else value) for key, value in row.items() if key not in RECORD_KEYS
     }
     return {**metadata, **extras}
 
@@ -269,18 +313,18 @@ def json_default(value: Any) -> Any:
 
 def _image_values(row: Mapping[str, Any]) -> list[Any]:
     single, many = row.get("image"), row.get("images")
-    if not _is_missing(single) and not _is_missing(many):
-        raise _Problem("invalid_row", "has both 'image' and 'images'; keep one")
-    if not _is_missing(single):
+    if not is_missing(single) and not is_missing(many):
+        raise RowProblem("invalid_row", "has both 'image' and 'images'; keep one")
+    if not is_missing(single):
         return [single]
-    if _is_missing(many):
-        raise _Problem("missing_field", "missing field 'image' (or 'images'): every record needs an image")
+    if is_missing(many):
+        raise RowProblem("missing_field", "missing field 'image' (or 'images'): every record needs an image")
     if isinstance(many, np.ndarray) and many.dtype == object:
         many = list(many)
     if not isinstance(many, list | tuple):
-        raise _Problem("wrong_type", f"field 'images' has type {type(many).__name__}, expected a list")
+        raise RowProblem("wrong_type", f"field 'images' has type {type(many).__name__}, expected a list")
     if not many:
-        raise _Problem("missing_field", "field 'images' is an empty list: every record needs an image")
+        raise RowProblem("missing_field", "field 'images' is an empty list: every record needs an image")
     return list(many)
 
 
@@ -288,23 +332,23 @@ def _image_cells(value: Any, image_root: Path | None) -> list[dict[str, Any]]:
     """Decode one image value with glmlab.images and return `datasets.Image` cells for what it holds."""
     if isinstance(value, Mapping):  # datasets.Image(decode=False) cells: {"bytes", "path"}
         value = value.get("bytes") or value.get("path")
-        if _is_missing(value):
-            raise _Problem("missing_field", "an image cell holds neither bytes nor a path")
+        if is_missing(value):
+            raise RowProblem("missing_field", "an image cell holds neither bytes nor a path")
     if isinstance(value, str | Path) and not str(value).startswith(("data:", "http://", "https://")):
         path = Path(value)
         if image_root is not None and not path.is_absolute():
             path = image_root / path
         if not path.is_file():
-            raise _Problem("missing_image", f"image file {str(value)!r} not found (looked at {path})")
+            raise RowProblem("missing_image", f"image file {str(value)!r} not found (looked at {path})")
         value = path
     elif not isinstance(value, str | bytes | bytearray | Image.Image | np.ndarray):
-        raise _Problem(
+        raise RowProblem(
             "wrong_type", f"an image has type {type(value).__name__}; expected a path, bytes or image"
         )
     try:
         images = to_pil(value)
     except InputError as error:
-        raise _Problem("unreadable_image", f"unreadable image: {error}") from None
+        raise RowProblem("unreadable_image", f"unreadable image: {error}") from None
     if isinstance(value, Path | bytes) and len(images) == 1 and images[0].format in _KEEP_BYTES_FORMATS:
         return [{"bytes": value.read_bytes() if isinstance(value, Path) else value, "path": None}]
     return [{"bytes": encode_png(image), "path": None} for image in images]

@@ -1,8 +1,9 @@
 """`DataSource`: where records come from, for a training recipe and an eval suite alike, and
 `load_source`, the one function that loads it.
 
-A source is exactly one of a synthetic generator (`glmlab.data.GENERATORS`), a data folder or `.jsonl`
-file, or a hub dataset (renamed into the record format by `columns`). Whatever it is, `load_source`
+A source is exactly one of a synthetic generator (`glmlab.data.GENERATORS`), a data folder or file, or
+a hub dataset (renamed into the record format by `columns`); `format` names the layout of a folder or
+hub set's rows (glmlab's own, ShareGPT/LLaVA, LLaMA-Factory, or a CSV beside its images). Whatever it is, `load_source`
 returns a `datasets.Dataset` in glmlab's record format, so training and evaluation read the same
 records the same way.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from glmlab.config import Check, checked_field, integer, mapping, one_of, text
+from glmlab.data.formats import FORMATS
 from glmlab.data.generators import GENERATORS, generate, generator_options
 from glmlab.data.loaders import ON_ERROR, load_records
 from glmlab.errors import ConfigError, InputError
@@ -30,7 +32,7 @@ class DataSource:
         None, help="A synthetic generator's name (glmlab.data.GENERATORS).", check=one_of(GENERATORS)
     )
     folder: str | None = checked_field(
-        None, help="A data folder or .jsonl file of records (glmlab.data.load_records).", check=text()
+        None, help="A data folder or file of records in `format` (glmlab.data.load_records).", check=text()
     )
     hub: str | None = checked_field(None, help="A hub dataset name (datasets.load_dataset).", check=text())
     n: int | None = checked_field(
@@ -69,6 +71,18 @@ class DataSource:
         check=mapping,
         default_factory=dict,
     )
+    format: str = checked_field(
+        "glmlab",
+        help="Layout of a folder's or hub set's rows: glmlab (data.jsonl), sharegpt (LLaVA conversations), "
+        "llama_factory (messages + images), csv (data.csv: image, question, answer).",
+        check=one_of(FORMATS),
+    )
+    image_root: str | None = checked_field(
+        None,
+        help="Folder that relative image paths are read from (None: the data file's folder; a hub set: "
+        "the current directory).",
+        check=text(),
+    )
     on_error: str = checked_field(
         "raise",
         help="Bad rows: 'raise' stops, 'skip' leaves them out (and reports them).",
@@ -98,17 +112,23 @@ class DataSource:
     @property
     def label(self) -> str:
         """What a log line or report calls this source."""
-        return f"{self.kind} {self.generator or self.folder or self.hub}"
+        label = f"{self.kind} {self.generator or self.folder or self.hub}"
+        return label if self.format == "glmlab" else f"{label} ({self.format})"
 
     def disk_problems(self) -> list[tuple[str, str]]:
         """What only the disk can tell: the data folder holds records."""
-        if self.folder is None or _has_records(Path(self.folder), self.split):
+        if self.folder is None or self.format not in FORMATS:
             return []
+        suffixes = FORMATS[self.format].suffixes
+        if _has_records(Path(self.folder), self.split, suffixes):
+            return []
+        files = " or ".join(f"{self.split or 'data'}{suffix}" for suffix in suffixes)
         return [
             (
                 "folder",
-                f"{self.folder!r} holds no records (expected a folder with {self.split or 'data'}.jsonl, "
-                f"or a .jsonl file; relative paths are taken from the current directory {Path.cwd()})",
+                f"{self.folder!r} holds no records (expected a folder with {files}, or a "
+                f"{' or '.join(suffixes)} file; relative paths are taken from the current directory "
+                f"{Path.cwd()})",
             )
         ]
 
@@ -117,8 +137,8 @@ def load_source(source: DataSource, *, limit: int | None = None):
     """The source's records as a `datasets.Dataset` in the record format: at most `n` and `limit`.
 
     A generator makes `n` records (default 1000) with `seed` (default 0); a folder is read with `split`
-    and `columns`; a hub set is loaded with `config`, `split` and `hub_options`, then renamed. Bad
-    rows follow `on_error`."""
+    and `columns`; a hub set is loaded with `config`, `split` and `hub_options`, then renamed. Both are
+    read in `format`, relative image paths from `image_root`. Bad rows follow `on_error`."""
     count = min((value for value in (source.n, limit) if value is not None), default=None)
     if source.generator is not None:
         seed = source.seed if source.seed is not None else 0
@@ -131,8 +151,15 @@ def load_source(source: DataSource, *, limit: int | None = None):
             on_error=source.on_error,
             limit=count,
             columns=source.columns or None,
+            format=source.format,
+            image_root=source.image_root,
         )
-    return load_records(_hub_dataset(source, count), on_error=source.on_error)
+    return load_records(
+        _hub_dataset(source, count),
+        on_error=source.on_error,
+        format=source.format,
+        image_root=source.image_root,
+    )
 
 
 def _hub_dataset(source: DataSource, limit: int | None):
@@ -165,10 +192,10 @@ def _hub_dataset(source: DataSource, limit: int | None):
     return dataset
 
 
-def _has_records(path: Path, split: str | None) -> bool:
+def _has_records(path: Path, split: str | None, suffixes: tuple[str, ...]) -> bool:
     if path.is_file():
-        return path.suffix == ".jsonl"
-    return (path / f"{split or 'data'}.jsonl").is_file()
+        return path.suffix in suffixes
+    return any((path / f"{split or 'data'}{suffix}").is_file() for suffix in suffixes)
 
 
 def as_list(value: Any) -> list[Any]:

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from glmlab.data import load_source, to_dialogue
+from glmlab.data import keep_markers, load_source, to_dialogue
 from glmlab.data.source import as_list
 from glmlab.errors import ConfigError, InputError
 from glmlab.eval.suite import Suite
-from glmlab.prompts import conversation_messages
+from glmlab.prompts import IMAGE_MARKER, conversation_messages
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +54,13 @@ class SampleSet:
         return list(self.dataset[sample.index]["images"])
 
     def item(self, sample: EvalSample) -> dict[str, Any]:
-        """A `vlm.batch` item: {"images", "question", "system"}, or {"messages"} for a multi-turn record."""
+        """A `vlm.batch` item: {"images", "question", "system"}, or {"messages"} for a multi-turn record
+        or one whose `<image>` markers place its images in the text."""
         images = self.images(sample)
-        if not sample.history:
+        if not sample.history and IMAGE_MARKER not in sample.question:
             return {"images": images, "question": sample.question, "system": sample.system}
         turns = [*sample.history, {"role": "user", "content": sample.question}]
-        return {"messages": conversation_messages(images, turns, sample.system)}
+        return {"messages": conversation_messages(images, turns, sample.system, markers=True)}
 
 
 def load_samples(suite: Suite, limit: int | None = None) -> SampleSet:
@@ -97,12 +98,16 @@ def _sample(suite: Suite, index: int, row: Mapping[str, Any]) -> EvalSample:
 
 def _templated(suite: Suite, sample_id: str, question: str, metadata: dict[str, Any]) -> str:
     try:
-        return suite.prompt.template.format_map({**metadata, "question": question})
+        text = suite.prompt.template.format_map({**metadata, "question": question})
     except (KeyError, IndexError) as error:
         raise ConfigError(
             f"prompt.template: placeholder {error} is not a field of sample {sample_id!r}; "
             f"it has question and {sorted(metadata)}."
         ) from None
+    if text.count(IMAGE_MARKER) == question.count(IMAGE_MARKER):
+        return text
+    # A template without {question} (or with it twice) would lose or repeat the images' markers.
+    return keep_markers(question, text.replace(IMAGE_MARKER, ""))
 
 
 def _references(suite: Suite, sample_id: str, answer: str, metadata: dict[str, Any]) -> list[Any]:

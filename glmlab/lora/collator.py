@@ -20,7 +20,7 @@ import torch
 
 from glmlab import prompts
 from glmlab.batching import concat_images, pad_rows
-from glmlab.data import to_dialogue
+from glmlab.data import keep_markers, to_dialogue
 from glmlab.errors import InputError
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
@@ -91,14 +91,16 @@ class LoraCollator:
     # ---- one sample -----------------------------------------------------------------------------
 
     def prompt_messages(self, record: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-        """The messages inference is asked with (images first in the first user turn) and the answer."""
+        """The messages inference is asked with (images where the record's `<image>` markers put them,
+        else first in the first user turn) and the answer."""
         dialogue = to_dialogue(record)
         turns = [dict(turn) for turn in dialogue.turns]
         if self.prompt is not None:
-            turns[dialogue.asked] = {"role": "user", "content": self.prompt}
+            asked = turns[dialogue.asked]["content"]
+            turns[dialogue.asked] = {"role": "user", "content": keep_markers(asked, self.prompt)}
         system = self.system if self.system is not None else dialogue.system
         images = list(record.get("images") or [])
-        return prompts.conversation_messages(images, turns, system), dialogue.answer
+        return prompts.conversation_messages(images, turns, system, markers=True), dialogue.answer
 
     def encode(self, record: dict[str, Any]) -> EncodedSample:
         """Token ids and labels of one record: the inference prompt, then the target and its end token."""
