@@ -3,6 +3,12 @@
 Every source goes through the same transformers path (AutoProcessor + AutoModelForImageTextToText),
 so GLM-4.1V, 4.5V, 4.6V and 4.6V-Flash load alike and the tiny test checkpoint exercises the code a
 hub checkpoint takes. Each automatic choice (device, dtype) is logged with its reason.
+
+Models larger than one GPU (GLM-4.5V/4.6V, `glm4v_moe`, 108 B parameters, about 215 GB in bf16) are
+spread by accelerate's device map: `device="auto"` fills the GPUs in turn, then CPU memory, then an
+`offload_folder` on disk, never splitting a decoder layer or vision block (the model's
+`_no_split_modules`). `max_memory` caps what each device takes. glmlab adds no placement logic of its
+own: it chooses between one device and accelerate's map and hands the choice to `from_pretrained`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +48,19 @@ def load(
     max_image_pixels: int | None = None,
     revision: str | None = None,
     allow_urls: bool = False,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
 ):
     """Load a GLM-V model and its processor; returns a `VLM`.
 
-    model: a hub id (default GLM-4.6V-Flash), a local checkpoint folder, or "tiny" (random weights).
-    dtype: "auto" | "bfloat16" | "float16" | "float32". device: "auto" | "cpu" | "cuda" | "cuda:N".
+    model: a hub id (default GLM-4.6V-Flash), a local checkpoint folder, or "tiny" / "tiny-moe"
+    (random weights; dense glm4v / mixture-of-experts glm4v_moe).
+    dtype: "auto" | "bfloat16" | "float16" | "float32". device: "auto" | "cpu" | "cuda" | "cuda:N";
+    "auto" spreads the model over all GPUs (then CPU, then disk) with accelerate's device map, or
+    stays on the CPU where there is no GPU. max_memory: per-device caps for that map, e.g.
+    {0: "70GiB", 1: "70GiB", "cpu": "200GiB"}; given with device "cpu" or "auto" it places the model
+    by the map even without a GPU (CPU, then disk). offload_folder: where weights that fit nowhere
+    else go (needed only when the map reaches the disk).
     quantize: None | "8bit" | "4bit" (bitsandbytes, CUDA only). adapter: a PEFT LoRA folder.
     max_image_pixels: largest image area kept after resizing, the main latency lever (see prompts).
     allow_urls: let messages reference http(s) images.
@@ -54,14 +70,12 @@ def load(
     from glmlab.model import VLM
 
     source = resolve_source(model)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    options: dict[str, Any] = {"dtype": torch_dtype, "revision": revision}
-    quantization = quantization_config(quantize, device, torch_dtype)
+    placement = resolve_placement(device, max_memory, offload_folder)
+    torch_dtype = resolve_dtype(dtype, placement.device)
+    options: dict[str, Any] = {"dtype": torch_dtype, "revision": revision, **placement.options()}
+    quantization = quantization_config(quantize, placement.device, torch_dtype)
     if quantization is not None:
         options["quantization_config"] = quantization
-    if device.startswith("cuda"):
-        options["device_map"] = {"": device}
     try:
         processor = AutoProcessor.from_pretrained(source, revision=revision)
         network = AutoModelForImageTextToText.from_pretrained(source, **options)
@@ -73,6 +87,7 @@ def load(
             "vision processor; install transformers>=5.24 (models/glm46v)."
         )
     network.eval()
+    _check_device_map(network, max_memory)
     vlm = VLM(
         network,
         processor,
@@ -93,11 +108,11 @@ def load(
 
 
 def resolve_source(model: str | Path) -> str:
-    """A local folder, the tiny checkpoint's cache folder, or the hub id unchanged."""
-    if str(model) == "tiny":
-        path = tiny.ensure(glmlab_home())
+    """A local folder, a tiny checkpoint's cache folder ("tiny", "tiny-moe"), or the hub id unchanged."""
+    if str(model) in tiny.KINDS:
+        path = tiny.ensure(glmlab_home(), kind=str(model))
         warnings.warn(
-            "glmlab 'tiny' checkpoint: RANDOM WEIGHTS, its answers are noise. It exists to test "
+            f"glmlab {str(model)!r} checkpoint: RANDOM WEIGHTS, its answers are noise. It exists to test "
             "the pipeline offline; load a real model for real answers.",
             UserWarning,
             stacklevel=3,
@@ -117,6 +132,72 @@ def resolve_source(model: str | Path) -> str:
             f"as {DEFAULT_MODEL!r}, or 'tiny'."
         )
     return str(model)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the weights go: one device, or accelerate's device map ("auto") under optional caps."""
+
+    device: str  # the device that decides dtype and quantisation: "cpu", "cuda" or "cuda:N"
+    device_map: str | dict[str, str] | None = None
+    max_memory: dict[int | str, int | str] | None = None
+    offload_folder: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """The `from_pretrained` keywords of this placement (none for a plain CPU load)."""
+        names = ("device_map", "max_memory", "offload_folder")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+def resolve_placement(
+    device: str,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
+) -> Placement:
+    """One device, or accelerate's map: "auto" with a GPU spreads over all GPUs (then CPU, disk);
+    max_memory with "auto" or "cpu" asks for the map even without a GPU (CPU, then disk)."""
+    chosen = resolve_device(device)
+    folder = None if offload_folder is None else str(offload_folder)
+    spread = (device == "auto" and chosen == "cuda") or (max_memory is not None and device in ("auto", "cpu"))
+    if max_memory is not None and not spread:
+        raise ModelLoadError(
+            f"max_memory is given with device={device!r}: caps apply to accelerate's device map, which "
+            "device='auto' (or 'cpu') uses; a single GPU takes the whole model. Pass device='auto'."
+        )
+    if not spread:
+        return Placement(chosen, {"": chosen} if chosen.startswith("cuda") else None)
+    if device == "cpu" and any(key not in ("cpu", "disk") for key in max_memory or {}):
+        raise ModelLoadError(
+            f"device='cpu' with max_memory={max_memory!r}: only 'cpu' (and 'disk') may be capped on the "
+            "CPU; pass device='auto' to use the GPUs."
+        )
+    memory = dict(max_memory) if max_memory is not None else None
+    if device == "cpu" and memory is not None:  # accelerate would otherwise also fill any GPU it sees
+        memory.update({index: 0 for index in range(torch.cuda.device_count())})
+    return Placement(chosen, "auto", memory, folder)
+
+
+# A module whose parent's forward reads its weight directly, past accelerate's hooks: on the disk its
+# weight stays on "meta" and the first image fails deep in the vision tower.
+READ_DIRECTLY = "model.visual.embeddings"
+
+
+def _check_device_map(network: Any, max_memory: dict | None) -> None:
+    """Log where modules went (a spread model only); refuse a map that put the vision embeddings on disk."""
+    device_map = getattr(network, "hf_device_map", None) or {}
+    on_disk = [name for name, place in device_map.items() if place == "disk"]
+    if any(name == "" or f"{READ_DIRECTLY}.".startswith(f"{name}.") for name in on_disk):
+        raise ModelLoadError(
+            f"max_memory={max_memory!r} leaves no room for the vision tower's embeddings, which accelerate "
+            "cannot run from disk; raise the 'cpu' (or a GPU's) cap so the vision tower fits in memory."
+        )
+    counts = Counter(str(place) for place in device_map.values())
+    if set(device_map) <= {""}:  # one device for all: nothing to report
+        return
+    logger.info(
+        "device map: %s",
+        ", ".join(f"{place}: {count} module(s)" for place, count in sorted(counts.items())),
+    )
 
 
 def resolve_device(device: str) -> str:

@@ -109,7 +109,11 @@ class VLM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the input embeddings' device. Under a device map (glmlab.load's
+        device="auto"/max_memory) weights offloaded to disk sit on "meta" and run on the CPU, and
+        accelerate's hooks move inputs on from there to each layer's device."""
+        weight = self.model.get_input_embeddings().weight
+        return torch.device("cpu") if weight.device.type == "meta" else weight.device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -1,10 +1,13 @@
-"""The tiny offline Glm4v checkpoint: a real checkpoint folder with random weights, built in seconds.
+"""The tiny offline Glm4v checkpoints: real checkpoint folders with random weights, built in seconds.
 
 No machine here can download GLM-4.6V-Flash, yet every code path that loads a hub checkpoint must run
 and be tested. `build` writes what a hub snapshot holds (config.json, safetensors weights,
 tokenizer.json, processor and chat template files) with the real token ids, token structure and
 processor classes, but small layers. Its weights are random: its answers are noise, its shapes and
-plumbing are real. The tokenizer is built by hand with the `tokenizers` library because no library
+plumbing are real. Two kinds exist: "tiny" (the dense `glm4v` network of GLM-4.6V-Flash) and
+"tiny-moe" (the mixture-of-experts `glm4v_moe` network of GLM-4.5V/4.6V: a dense first layer, then
+layers of routed experts, a router and a shared expert), both with the same tokenizer and processor.
+The tokenizer is built by hand with the `tokenizers` library because no library
 ships a GLM tokenizer offline.
 """
 
@@ -16,7 +19,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from glmlab.reference import glm46v_flash_config
+from glmlab.reference import glm45v_config, glm46v_flash_config
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,23 @@ TINY_TEXT = dict(
     hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
 )
 TINY_VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64)
+# GLM-4.5V's layout at small sizes: layer 0 dense, layer 1 mixture-of-experts (4 routed experts, 2 per
+# token, one shared expert). head_dim is set apart from hidden_size / heads as in the real model
+# (128 x 96 heads over a 4096 hidden size), so code that assumes hidden_size == heads * head_dim fails here.
+TINY_MOE_TEXT = dict(
+    hidden_size=64,
+    head_dim=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    first_k_dense_replace=1,
+    moe_intermediate_size=32,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+)
+# name given to glmlab.load -> (the real config it shrinks, its text sizes)
+KINDS = {"tiny": (glm46v_flash_config, TINY_TEXT), "tiny-moe": (glm45v_config, TINY_MOE_TEXT)}
 # Pixel budget of the tiny checkpoint's processor: small so CPU tests stay fast (a 1024x1024 image
 # becomes 224x224 = 16x16 patches = 64 image tokens).
 TINY_MAX_IMAGE_PIXELS = 224 * 224  # pixel area; the processor's longest_edge is twice this
@@ -86,10 +106,12 @@ def build(
     text: dict | None = None,
     vision: dict | None = None,
     max_image_pixels: int = TINY_MAX_IMAGE_PIXELS,
+    kind: str = "tiny",
 ) -> Path:
     """Write a tiny random-weight Glm4v checkpoint to `path` and return it.
 
-    `text` and `vision` override the layer sizes (benchmarks build larger ones the same way).
+    kind: "tiny" (dense glm4v) or "tiny-moe" (glm4v_moe). `text` and `vision` override the layer
+    sizes (benchmarks build larger ones the same way).
     The folder loads with plain `AutoProcessor`/`AutoModelForImageTextToText.from_pretrained`.
     """
     import torch
@@ -97,7 +119,7 @@ def build(
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = make_config(text=text, vision=vision)
+    config = make_config(text=text, vision=vision, kind=kind)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     from glmlab.generation import RECOMMENDED_SAMPLING
@@ -111,24 +133,28 @@ def build(
     model.save_pretrained(path)
     make_processor(max_image_pixels).save_pretrained(path)
     (path / "README.md").write_text(
-        "# glmlab tiny Glm4v checkpoint\n\nRANDOM WEIGHTS: a few small layers with GLM-4.6V-Flash's real token "
-        "ids, tokenizer structure, processor classes and chat-template behaviour. Its answers are noise; "
-        "it exists so loading, generation, training and serving can be tested offline.\n"
-        f"Built by `glmlab.tiny.build(path, seed={seed})`.\n"
+        f"# glmlab {kind} checkpoint ({config.model_type})\n\nRANDOM WEIGHTS: a few small layers with "
+        "GLM-4.6V-Flash's real token ids, tokenizer structure, processor classes and chat-template "
+        "behaviour. Its answers are noise; it exists so loading, generation, training and serving can be "
+        f"tested offline.\nBuilt by `glmlab.tiny.build(path, seed={seed}, kind={kind!r})`.\n"
     )
     return path
 
 
-def make_config(text: dict | None = None, vision: dict | None = None):
-    """GLM-4.6V-Flash's config (glmlab/reference) with small layers: the same token ids, rope layout,
-    activations and norms, only the sizes in TINY_TEXT / TINY_VISION (or `text` / `vision`) differ."""
+def make_config(text: dict | None = None, vision: dict | None = None, kind: str = "tiny"):
+    """A real config (glmlab/reference: GLM-4.6V-Flash for "tiny", GLM-4.5V for "tiny-moe") with small
+    layers: the same token ids, rope layout, activations, norms and routing rules, only the sizes in
+    KINDS / TINY_VISION (or `text` / `vision`) differ."""
     from transformers import AutoConfig
 
-    real = glm46v_flash_config()
-    text_config = {**real.pop("text_config"), **TINY_TEXT, **(text or {})}
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {sorted(KINDS)}.")
+    reference, tiny_text = KINDS[kind]
+    real = reference()
+    text_config = {**real.pop("text_config"), **tiny_text, **(text or {})}
     vision_config = {**real.pop("vision_config"), **TINY_VISION, **(vision or {})}
     vision_config["out_hidden_size"] = text_config["hidden_size"]
-    head_dim = text_config["hidden_size"] // text_config["num_attention_heads"]
+    head_dim = text_config.get("head_dim") or text_config["hidden_size"] // text_config["num_attention_heads"]
     rotary_pairs = head_dim // 4  # partial_rotary_factor 0.5 -> head_dim/2 rotary dims -> head_dim/4 pairs
     temporal = rotary_pairs // 4 or 1
     spatial = rotary_pairs - temporal
@@ -233,16 +259,19 @@ def make_processor(max_image_pixels: int = TINY_MAX_IMAGE_PIXELS):
     )
 
 
-def ensure(home: str | Path, seed: int = 0) -> Path:
-    """The cached tiny checkpoint under `home`, built once (atomically, so a crash leaves no half folder)."""
-    target = Path(home) / "tiny" / f"v{TINY_VERSION}-seed{seed}"
+def ensure(home: str | Path, seed: int = 0, kind: str = "tiny") -> Path:
+    """The cached tiny checkpoint of `kind` under `home`, built once (atomically, so a crash leaves no
+    half folder)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {sorted(KINDS)}.")
+    target = Path(home) / kind / f"v{TINY_VERSION}-seed{seed}"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    logger.warning("building the tiny Glm4v checkpoint (random weights) in %s", target)
+    logger.warning("building the %s checkpoint (random weights) in %s", kind, target)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
-        build(staging, seed=seed)
+        build(staging, seed=seed, kind=kind)
         try:
             staging.rename(target)
         except OSError:  # the folder exists: another process finished first (keep its identical

@@ -45,6 +45,13 @@ DEFAULT_BASE_MODEL = "zai-org/GLM-4.6V-Flash"
 # The text decoder's attention and MLP projections only. Anchored to `language_model.layers`: a bare
 # suffix list (q_proj, ..., down_proj) would also hit the vision MLPs and miss the fused gate_up_proj.
 LANGUAGE_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate_up_proj|down_proj))"
+# The default on mixture-of-experts bases (glm4v_moe: GLM-4.5V/4.6V): the attention projections only.
+# peft (0.21, on transformers 5.x) reads gate_proj / up_proj / down_proj on these models as the
+# transformers-4 names of the routed experts: it reduces any regex to leaf names and retargets those at
+# the fused 3-D expert parameters (one LoRA per expert, 128 per layer), so the shared experts and the
+# dense first layer's MLP cannot be named, and the regex's anchoring is lost. docs/MOE.md says more.
+MOE_LANGUAGE_TARGETS = r".*language_model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj"
+MOE_MODEL_TYPES = ("glm4v_moe",)
 VISION_TARGETS = {
     "none": None,
     "merger": r".*visual\.merger\.(proj|gate_proj|up_proj|down_proj)",
@@ -118,6 +125,13 @@ class AdapterSettings:
         """The regex handed to peft: the language targets, plus the vision ones when asked for."""
         vision = VISION_TARGETS[self.adapt_vision]
         return self.targets if vision is None else f"({self.targets})|({vision})"
+
+    def target_regex_for(self, model_type: str) -> str:
+        """`target_regex` for a base of this model_type: on a mixture-of-experts base the default
+        language targets become MOE_LANGUAGE_TARGETS (a regex the recipe sets itself is kept)."""
+        if model_type not in MOE_MODEL_TYPES or self.targets != LANGUAGE_TARGETS:
+            return self.target_regex
+        return dataclasses.replace(self, targets=MOE_LANGUAGE_TARGETS).target_regex
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import warnings
@@ -294,21 +295,27 @@ def _with_adapter(vlm: VLM, recipe: LoraRecipe):
     """The PeftModel around vlm.model (LoRA layers are injected in place, so vlm itself trains too)."""
     from peft import LoraConfig, get_peft_model
 
+    model_type = vlm.model.config.model_type
+    targets = recipe.adapter.target_regex_for(model_type)
+    if targets != recipe.adapter.target_regex:
+        logger.info(
+            "adapter.targets: the attention projections (a %s base: see MOE_LANGUAGE_TARGETS)", model_type
+        )
+    named = {name for name, _ in vlm.model.named_modules() if re.fullmatch(targets, name)}
     config = LoraConfig(
         r=recipe.adapter.rank,
         lora_alpha=recipe.adapter.alpha,
         lora_dropout=recipe.adapter.dropout,
-        target_modules=recipe.adapter.target_regex,
+        target_modules=targets,
         modules_to_save=recipe.adapter.modules_to_save or None,
         bias="none",
     )
     try:
         model = get_peft_model(vlm.model, config)
     except ValueError as error:  # peft's NoMatchingPeftModuleError among others
-        raise ConfigError(
-            f"adapter.targets={recipe.adapter.target_regex!r} on {recipe.base_model}: {error}"
-        ) from None
+        raise ConfigError(f"adapter.targets={targets!r} on {recipe.base_model}: {error}") from None
     adapted = adapted_module_names(model)
+    _check_adapted_as_named(adapted, named, targets, recipe.base_model, model_type)
     logger.info(
         "target_modules -> %d modules (%d under language_model.layers, %d vision)",
         len(adapted),
@@ -316,6 +323,28 @@ def _with_adapter(vlm: VLM, recipe: LoraRecipe):
         sum(".visual." in name for name in adapted),
     )
     return model
+
+
+def _check_adapted_as_named(
+    adapted: list[str], named: set[str], targets: str, base_model: str, model_type: str
+) -> None:
+    """Refuse a run whose adapter is not on exactly the modules the regex names.
+
+    peft may rewrite targets: on transformers-5 MoE models (glm4v_moe among them) it reduces a regex to
+    leaf names and moves gate_proj / up_proj / down_proj onto the fused routed experts, so the adapter
+    would train modules the recipe never named (and none it did)."""
+    wrapper = "base_model.model."
+    got = {name.removeprefix(wrapper) for name in adapted if not name.endswith(".base_layer")}
+    extra, missing = sorted(got - named), sorted(named - got)
+    if not extra and not missing:
+        return
+    raise ConfigError(
+        f"adapter.targets={targets!r} on {base_model} ({model_type}): peft adapted {len(extra)} module(s) "
+        f"the regex does not name {extra[:3]} and left out {len(missing)} it names {missing[:3]}. On "
+        "mixture-of-experts bases peft reads gate_proj/up_proj/down_proj as the routed experts and drops "
+        "the regex's anchoring; adapt the attention projections only there (the default targets, "
+        "adapter.adapt_vision: none)."
+    )
 
 
 def adapted_module_names(model: Any) -> list[str]:
