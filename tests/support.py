@@ -10,7 +10,8 @@
   Chromium page on JupyterLab showing a scratch copy of a notebook) and `run_all_cells`.
 - Eval: `EVAL_DIR`, `shapes_suite`, `QUIET`, `script` (sets the scripted tiny model's greedy answer; the
   `scripted` fixture is that model), and a local copy of DocVQA's hub layout (`write_docvqa_copy`,
-  `docvqa_rows`).
+  `docvqa_rows`); `write_hub_copy` writes any benchmark's rows with the features of its hub dataset
+  (`HUB_FEATURES`: ChartQA, TextVQA, OCRBench, MMMU, RefCOCO).
 - GGUF: `fake_llama_cpp` writes a stand-in llama.cpp checkout (its converter and llama-quantize keep the
   real ones' interfaces and write placeholder files), for what `export_gguf` does around them when the
   real llama.cpp (`make engines`) is not here.
@@ -194,6 +195,72 @@ def write_docvqa_copy(folder: Path, rows: list[dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     datasets.Dataset.from_list(rows, features=features).to_parquet(
         str(folder / "validation-00000-of-00001.parquet")
+    )
+    return folder
+
+
+def hub_features(name: str):
+    """The `datasets.Features` of a benchmark's hub dataset, as the shipped suite loads it."""
+    import datasets
+
+    text, texts = datasets.Value("string"), datasets.List(datasets.Value("string"))
+    layouts = {
+        "chartqa": {"type": text, "question": text, "answer": text, "image": datasets.Image()},
+        "textvqa": {
+            "image_id": text,
+            "question_id": datasets.Value("int64"),
+            "question": text,
+            "question_tokens": texts,
+            "image": datasets.Image(),
+            "image_width": datasets.Value("int64"),
+            "image_height": datasets.Value("int64"),
+            "flickr_original_url": text,
+            "flickr_300k_url": text,
+            "answers": texts,
+            "image_classes": texts,
+            "set_name": text,
+            "ocr_tokens": texts,
+        },
+        "ocrbench": {
+            "dataset": text,
+            "question": text,
+            "question_type": text,
+            "answer": texts,
+            "image": datasets.Image(),
+        },
+        "mmmu": {
+            "id": text,
+            "question": text,
+            "options": text,
+            "explanation": text,
+            **{f"image_{k}": datasets.Image() for k in range(1, 8)},
+            "img_type": text,
+            "answer": text,
+            "topic_difficulty": text,
+            "question_type": text,
+            "subfield": text,
+        },
+        "refcoco": {
+            "question_id": text,
+            "image": datasets.Image(),
+            "question": text,
+            "answer": texts,
+            "segmentation": datasets.List(datasets.Value("float32")),
+            "bbox": datasets.List(datasets.Value("float32")),
+            "iscrowd": datasets.Value("int8"),
+            "file_name": text,
+        },
+    }
+    return datasets.Features(layouts[name])
+
+
+def write_hub_copy(folder: Path, name: str, split: str, rows: list[dict]) -> Path:
+    """A local parquet copy of a benchmark's hub split (`hub_features(name)`), read by `data.hub=folder`."""
+    import datasets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_list(rows, features=hub_features(name)).to_parquet(
+        str(folder / f"{split}-00000-of-00001.parquet")
     )
     return folder
 

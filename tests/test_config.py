@@ -86,7 +86,7 @@ def test_suite_and_recipe_report_all_their_problems_at_once_in_one_error():
     suite_message, recipe_message = str(suite_error.value), str(recipe_error.value)
     assert suite_message.startswith("s.yaml: 3 invalid field(s):")
     assert "name='': must be a non-empty string" in suite_message
-    assert "extract='jsn': must be one of text, json, number, yes_no, choice (did you mean 'json'?)" in (
+    assert "extract='jsn': must be one of text, json, number, yes_no, choice, box (did you mean 'json'?)" in (
         suite_message
     )
     assert "keep_fields='id': must be a list of metadata field names" in suite_message

@@ -263,7 +263,7 @@ def test_extract_choice_of_truncated_thinking_is_none():
 
 
 def test_extractor_registry_names_every_kind():
-    assert sorted(EXTRACTORS) == ["choice", "json", "number", "text", "yes_no"]
+    assert sorted(EXTRACTORS) == ["box", "choice", "json", "number", "text", "yes_no"]
 
 
 def test_get_extractor_returns_registered_function():
@@ -272,6 +272,6 @@ def test_get_extractor_returns_registered_function():
 
 def test_get_extractor_unknown_name_lists_known_ones():
     with pytest.raises(
-        ConfigError, match=r"extractor 'numbr': unknown extractor\. Known extractors: choice, json"
+        ConfigError, match=r"extractor 'numbr': unknown extractor\. Known extractors: box, choice, json"
     ):
         get_extractor("numbr")

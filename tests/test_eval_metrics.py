@@ -400,7 +400,8 @@ def test_get_metric_returns_registered_function():
 
 def test_get_metric_unknown_name_lists_known_ones():
     with pytest.raises(
-        ConfigError, match=r"metric 'anlss': unknown metric\. Known metrics: anls, exact_match"
+        ConfigError,
+        match=r"metric 'anlss': unknown metric\. Known metrics: anls, box_accuracy, box_iou, exact_match",
     ):
         get_metric("anlss")
 

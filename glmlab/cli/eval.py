@@ -24,7 +24,9 @@ FRONT_ONLY_FLAGS = ("suite", "model", "server", "api_key", "overrides", "check",
 
 @app.command("eval")
 def eval_command(
-    suite: Path = typer.Argument(..., help="Suite file, e.g. eval/shapes.yaml."),
+    suite: Path = typer.Argument(
+        ..., help="Suite file (eval/shapes.yaml) or a shipped suite's name (chartqa)."
+    ),
     model: str = typer.Option(DEFAULT_MODEL, help="Hub id, local checkpoint folder, or 'tiny'."),
     adapter: Path = typer.Option(None, help="A PEFT LoRA adapter folder to evaluate (local models)."),
     server: str = typer.Option(None, help="Evaluate a running glmlab/OpenAI-compatible server at this URL."),
@@ -42,12 +44,10 @@ def eval_command(
     report_path: Path = typer.Option(None, "--report", help="Also write an HTML report to this file."),
 ) -> None:
     """Evaluate a model (or a server) on a suite; print metrics with 95 % intervals and latency."""
-    from glmlab.eval.suite import Suite
-
     quiet_transformers()
     with clear_errors(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = Suite.from_yaml(suite, overrides=parse_overrides(overrides or [], "data.n=100"))
+        loaded = load_suite(suite, parse_overrides(overrides or [], "data.n=100"))
         loaded.check_data()
         if check:
             typer.echo(f"{suite}: valid suite {loaded.name!r} ({', '.join(m.name for m in loaded.metrics)})")
@@ -61,6 +61,15 @@ def eval_command(
             from glmlab.eval import report
 
             typer.echo(f"report: {report(run, report_path)}")
+
+
+def load_suite(suite: Path, overrides):
+    """A suite file, or, for a bare name with no such file ("chartqa"), the shipped eval/<name>.yaml."""
+    from glmlab.eval.suite import Suite, shipped_suite
+
+    if suite.suffix or suite.exists() or len(suite.parts) > 1:
+        return Suite.from_yaml(suite, overrides=overrides)
+    return shipped_suite(str(suite), overrides)
 
 
 def _evaluate(suite, target, limit, batch_size, concurrency, run_dir, resume):

@@ -18,6 +18,7 @@ from typing import Any
 from glmlab.config import Check, checked_field, integer, mapping, one_of, text
 from glmlab.data.formats import FORMATS
 from glmlab.data.generators import GENERATORS, generate, generator_options
+from glmlab.data.hub_layouts import HUB_LAYOUTS
 from glmlab.data.loaders import ON_ERROR, load_records
 from glmlab.errors import ConfigError, InputError
 
@@ -55,6 +56,11 @@ class DataSource:
         None, help="Hub split (None: train), or read <split>.jsonl in a folder.", check=text()
     )
     config: str | None = checked_field(None, help="Hub configuration name.", check=text())
+    layout: str | None = checked_field(
+        None,
+        help="A benchmark's hub row handling (glmlab.data.hub_layouts.HUB_LAYOUTS), applied before columns.",
+        check=one_of(HUB_LAYOUTS),
+    )
     columns: dict[str, str] = checked_field(
         help="Renames source columns to record fields ({question_id: id}).",
         check=Check(
@@ -93,6 +99,8 @@ class DataSource:
         sources = [key for key in ("generator", "folder", "hub") if getattr(self, key) is not None]
         if len(sources) != 1:
             return [("", f"give exactly one of generator, folder, hub (got {sources or 'none'})")]
+        if self.layout is not None and self.hub is None:
+            return [("layout", "shapes hub rows; give it with hub (a data folder holds records already)")]
         if self.generator not in GENERATORS or not isinstance(self.options, Mapping):
             return []
         known = generator_options(self.generator)
@@ -163,7 +171,8 @@ def load_source(source: DataSource, *, limit: int | None = None):
 
 
 def _hub_dataset(source: DataSource, limit: int | None):
-    """The hub set renamed into record fields, cut to `limit`, with `answer` from `references` if absent."""
+    """The hub set cut to `limit`, shaped by its layout, renamed into record fields, with `answer` from
+    `references` if absent."""
     import datasets
 
     split = source.split or "train"
@@ -174,6 +183,10 @@ def _hub_dataset(source: DataSource, limit: int | None):
             f"data.hub: loading {source.hub!r} (config {source.config!r}, split {split!r}) failed "
             f"({type(error).__name__}: {error}). Check the name, config and split, or use a data folder."
         ) from error
+    if limit is not None:  # before the layout: it may decode images of every row it sees
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    if source.layout is not None:
+        dataset = HUB_LAYOUTS[source.layout](dataset)
     missing = [column for column in source.columns if column not in dataset.column_names]
     if missing:
         raise ConfigError(

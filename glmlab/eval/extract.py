@@ -8,7 +8,7 @@ thinking (via `glmlab.answer.split_thinking`, so a truncated `<think>` with no c
 answer) and the grounding-box tags.
 
 Extractors are registered by name in `EXTRACTORS` so an eval suite can name them in YAML:
-`text`, `json`, `number`, `yes_no`, `choice`. A user adds one by assigning into the dict.
+`text`, `json`, `number`, `yes_no`, `choice`, `box`. A user adds one by assigning into the dict.
 
 The pattern matching below is written by hand: no library extracts answers from free-form
 Chinese/English model prose. JSON objects are found by `glmlab.answer.parse_json_object`
@@ -22,12 +22,13 @@ import unicodedata
 from collections.abc import Callable
 from typing import Any
 
-from glmlab.answer import parse_json_object, split_thinking, strip_box_tags
+from glmlab.answer import parse_boxes, parse_json_object, split_thinking, strip_box_tags
 from glmlab.errors import ConfigError
 from glmlab.eval.numbers import NumberRules, parse_number
 
 __all__ = [
     "EXTRACTORS",
+    "extract_box",
     "extract_choice",
     "extract_json",
     "extract_number",
@@ -60,6 +61,10 @@ _CHOICE_OPTION = re.compile(r"(?:(?i:option|choice)|选项|选择|选)" + _CHOIC
 _CHOICE_BRACKETED = re.compile(r"[(\[]([A-E])[)\]]")
 _CHOICE_LEADING = re.compile(r"^([A-E])(?:[.:)、,，]|$)")
 # A bare capital letter; "A" followed by a lowercase word is the English article, not a choice.
+# lmms-eval's refcoco `parse_float_sequence_within`: four numbers in square brackets.
+_FOUR_NUMBERS = re.compile(
+    r"\[\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?),\s*(-?\d+(?:\.\d+)?)\s*\]"
+)
 _CHOICE_BARE = re.compile(r"(?<![A-Za-z])(?!A\s+[a-z])([A-E])(?![A-Za-z])")
 
 
@@ -125,6 +130,20 @@ def extract_choice(text: str) -> str | None:
     return None
 
 
+def extract_box(text: str) -> list[float] | None:
+    """The first grounding box [x1, y1, x2, y2] of the answer, or None.
+
+    A box inside GLM's box tags first (`glmlab.answer.parse_boxes`: four numbers in 0-1000), else the
+    first four bracketed numbers anywhere in the answer (lmms-eval's RefCOCO parsing), as written.
+    """
+    answer = split_thinking(text)[1]
+    boxes = parse_boxes(answer)
+    if boxes:
+        return [float(value) for value in boxes[0]]
+    found = _FOUR_NUMBERS.search(answer)
+    return [float(value) for value in found.groups()] if found else None
+
+
 def _strip_answer_prefix(answer: str) -> str:
     """Drop markdown emphasis, quotes, and an "Answer:"-style prefix, so the answer's first word leads."""
     answer = _LEADING_NOISE_RE.sub("", answer)
@@ -138,6 +157,7 @@ EXTRACTORS: dict[str, Callable[[str], Any]] = {
     "number": extract_number,
     "yes_no": extract_yes_no,
     "choice": extract_choice,
+    "box": extract_box,
 }
 
 

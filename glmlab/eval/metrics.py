@@ -30,6 +30,7 @@ not the right summary) and is then usable from a suite like the built-in ones.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from glmlab.errors import ConfigError, InputError
 from glmlab.eval.extract import extract_choice, extract_yes_no
 from glmlab.eval.fields import FieldScores, aggregate_field_scores, score_fields
 from glmlab.eval.labels import LabelPrediction, aggregate_labels, label_of
+from glmlab.eval.mmmu import judge as mmmu_judge
 from glmlab.eval.numbers import NumberRules, parse_number
 from glmlab.eval.stats import bootstrap_ci, paired_bootstrap_pvalue
 from glmlab.eval.vqa_normalize import normalize_vqa_answer
@@ -54,17 +56,22 @@ __all__ = [
     "aggregate_metric",
     "anls",
     "bootstrap_ci",
+    "box_accuracy",
+    "box_iou",
     "exact_match",
     "field_f1",
     "get_metric",
     "label_f1",
     "medical_vqa",
+    "mmmu_accuracy",
+    "ocrbench",
     "normalize_text",
     "paired_bootstrap_pvalue",
     "register_metric",
     "relaxed_accuracy",
     "relaxed_accuracy_lenient",
     "sample_score",
+    "textvqa_accuracy",
     "vqa_accuracy",
     "vqa_accuracy_lenient",
 ]
@@ -79,6 +86,7 @@ _TOKEN_RE = re.compile(r"[\u3400-\u9fff]|[^\s\u3400-\u9fff]+")  # each CJK chara
 _CLOSED_TYPES = ("closed", "yes_no", "choice")
 _OPEN_TYPES = ("open",)
 _REFERENCE_FLOAT = NumberRules(python_float=True, percent="fraction")
+_OCRBENCH_HME = "Handwritten Mathematical Expression Recognition"
 _YES_NO_WORDS = {"yes", "no", "true", "false", "是", "否", "有", "没有", "无", "不是"}
 
 
@@ -294,6 +302,82 @@ def relaxed_accuracy_lenient(prediction: Any, references: Any, *, tolerance: flo
     return float(any(_relaxed_match(prediction, ref, tolerance) for ref in _as_references(references)))
 
 
+@register_metric("textvqa_accuracy")
+def textvqa_accuracy(prediction: Any, references: Any) -> float:
+    """TextVQA accuracy as its reference evaluator scores it (MMF's `TextVQAAccuracyEvaluator`, which
+    lmms-eval's textvqa task repeats).
+
+    Unlike `vqa_accuracy`, every human answer always goes through EvalAI's answer processing
+    (lowercased, "," and "?" dropped, then `normalize_vqa_answer`), as the prediction does. Each human
+    answer is left out in turn, the prediction scores min(1, matching others / 3), and the scores
+    are averaged: with 10 answers, 1 match gives 0.3, 2 give 0.6, 3 give 0.9, 4 or more 1.0.
+    """
+    refs = [_evalai_process(_as_text(ref)) for ref in _as_references(references)]
+    if prediction is None:
+        return 0.0
+    answer = _evalai_process(_as_text(prediction))
+    matches = sum(ref == answer for ref in refs)
+    per_subset = [min(1.0, (matches - (ref == answer)) / 3) for ref in refs]
+    return sum(per_subset) / len(per_subset)
+
+
+@register_metric("ocrbench")
+def ocrbench(prediction: Any, references: Any, *, question_type: str = "") -> float:
+    """OCRBench's substring rule (its own scoring script, as VLMEvalKit runs it): 1 if any reference
+    is contained in the prediction.
+
+    Both sides are stripped and newlines become spaces; the comparison is case-insensitive, except for
+    `question_type` "Handwritten Mathematical Expression Recognition", where every space is removed
+    from both sides and case counts (LaTeX). lmms-eval lowercases the prediction there too.
+    The benchmark's "Final Score" is the sum over its 1000 questions: 1000 x this metric's mean.
+    """
+    if prediction is None:
+        return 0.0
+    answer = _as_text(prediction)
+    if question_type == _OCRBENCH_HME:
+        answer = _ocr_squeezed(answer)
+        return float(any(_ocr_squeezed(_as_text(ref)) in answer for ref in _as_references(references)))
+    answer = answer.lower().strip().replace("\n", " ")
+    return float(
+        any(_as_text(ref).lower().strip().replace("\n", " ") in answer for ref in _as_references(references))
+    )
+
+
+@register_metric("mmmu_accuracy")
+def mmmu_accuracy(
+    prediction: Any, references: Any, *, question_type: str = "multiple-choice", options: Any = "[]"
+) -> float:
+    """MMMU accuracy as its authors' `eval_utils.py` judges it (lmms-eval's mmmu_val): a multiple-choice
+    answer is parsed to an option letter that must equal the reference; an open answer is parsed into
+    key phrases and numbers (`glmlab.eval.mmmu`). `question_type` ("multiple-choice" or "open") and
+    `options` (a list, or the hub's string of one) come per sample."""
+    if prediction is None:
+        return 0.0
+    answer = _as_text(prediction)
+    return float(
+        any(mmmu_judge(answer, _as_text(ref), question_type, options) for ref in _as_references(references))
+    )
+
+
+@register_metric("box_iou")
+def box_iou(prediction: Any, references: Any) -> float:
+    """Intersection over union of the predicted box with the reference box (best over references).
+
+    Boxes are [x1, y1, x2, y2] on one scale for both (GLM's 0-1000; IoU does not depend on it); a
+    reference may be JSON text. No box, or a box of no area against one of no area, scores 0.
+    """
+    if prediction is None:
+        return 0.0
+    return max(_iou(_box(prediction), _box(ref)) for ref in _as_references(references))
+
+
+@register_metric("box_accuracy")
+def box_accuracy(prediction: Any, references: Any, *, threshold: float = 0.5) -> float:
+    """1 if the predicted box overlaps a reference box with IoU >= `threshold` (RefCOCO's accuracy;
+    lmms-eval's refcoco_bbox_rec `ACC@0.5`), else 0."""
+    return float(box_iou(prediction, references) >= threshold)
+
+
 @register_metric("field_f1", aggregate=_flat_field_report)
 def field_f1(
     prediction: Any,
@@ -406,6 +490,32 @@ def _docvqa_nl(prediction: str, reference: str) -> float:
 def _evalai_tokenize(text: str) -> str:
     """EvalAI's first step on a submitted VQA answer (its `word_tokenize`)."""
     return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+
+
+def _evalai_process(text: str) -> str:
+    """EvalAI's `EvalAIAnswerProcessor`: tokenising, newlines and tabs to spaces, then the VQA normalisation."""
+    return normalize_vqa_answer(_evalai_tokenize(text).replace("\n", " ").replace("\t", " ").strip())
+
+
+def _ocr_squeezed(text: str) -> str:
+    return text.strip().replace("\n", " ").replace(" ", "")
+
+
+def _box(value: Any) -> list[float]:
+    box = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(box, list | tuple) or len(box) != 4:
+        raise InputError(f"box {value!r}: expected [x1, y1, x2, y2].")
+    return [float(number) for number in box]
+
+
+def _iou(first: list[float], second: list[float]) -> float:
+    """IoU of two corner boxes, as lmms-eval's `compute_iou`; 0 where the union has no area."""
+    width = max(0.0, min(first[2], second[2]) - max(first[0], second[0]))
+    height = max(0.0, min(first[3], second[3]) - max(first[1], second[1]))
+    overlap = width * height
+    union = (first[2] - first[0]) * (first[3] - first[1]) + (second[2] - second[0]) * (second[3] - second[1])
+    union -= overlap
+    return overlap / union if union > 0 else 0.0
 
 
 def _is_decimal_point(text: str, index: int) -> bool:
