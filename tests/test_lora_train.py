@@ -321,7 +321,7 @@ def test_early_stopping_ends_the_run_and_select_best_keeps_the_best_scored_check
             **SHORT,
             "evaluation.every_steps": 1,
             "checkpoints.every_steps": 1,
-            "checkpoints.total_limit": 1,
+            "checkpoints.total_limit": 2,
             "evaluation.select_best": True,
             "evaluation.early_stopping_patience": 1,
         },
