@@ -3,8 +3,8 @@
 The Trainer does what it does well and unchanged (the loop, gradient accumulation, mixed precision,
 checkpoints and `resume_from_checkpoint`, tqdm bars in a terminal or notebook, `accelerate launch` and
 `torchrun` with DDP, DeepSpeed or FSDP, the trackers of `report_to`, best-checkpoint selection and
-early stopping on the held-out score); glmlab adds what is specific to GLM-V: samples built by the inference prompt path
-(`LoraCollator`), a loss computed only where the labels are (logits for the answer tokens only, not
+early stopping on the held-out score); glmlab adds what is specific to GLM-V: samples built by the
+inference prompt path (`LoraCollator`), a loss computed only where the labels are (logits for the answer tokens only, not
 for every prompt and image token over a 151,552-token vocabulary), held-out answers scored with a
 glmlab.eval metric, and an output folder that both glmlab and plain peft load.
 
@@ -204,13 +204,15 @@ def train(
 
 def _train(trainer: LoraTrainer, checkpoint: str | None) -> float:
     """`trainer.train`, except from the checkpoint of a run that had finished training (killed while
-    evaluating or saving the adapter): then only its weights and state are loaded, as the Trainer
-    does, because resuming at max_steps in mid-epoch would run one step past it. Returns the loss.
+    evaluating or saving the adapter): then only its weights (the best checkpoint's, with
+    evaluation.select_best) and state are loaded, as the Trainer does, because resuming at max_steps in mid-epoch would run one step past it. Returns the loss.
     """
     if checkpoint is not None:
         state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
         if state.max_steps and state.global_step >= state.max_steps:
             model = trainer.model
+            if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+                checkpoint = state.best_model_checkpoint  # as the Trainer would have ended
             model.load_adapter(checkpoint, model.active_adapter, is_trainable=True)
             trainer.state = state
             return 0.0
