@@ -12,6 +12,7 @@
   `scripted` fixture is that model), and a local copy of DocVQA's hub layout (`write_docvqa_copy`,
   `docvqa_rows`); `write_hub_copy` writes any benchmark's rows with the features of its hub dataset
   (`HUB_FEATURES`: ChartQA, TextVQA, OCRBench, MMMU, RefCOCO).
+- Training: `tensorboard_scalars` reads the scalars of a run's TensorBoard event files.
 - GGUF: `fake_llama_cpp` writes a stand-in llama.cpp checkout (its converter and llama-quantize keep the
   real ones' interfaces and write placeholder files), for what `export_gguf` does around them when the
   real llama.cpp (`make engines`) is not here.
@@ -322,6 +323,19 @@ def fake_llama_cpp(folder: Path, *, recognises: str | None = None, fails: bool =
     binary.write_text(FAKE_QUANTIZE)
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     return folder
+
+
+def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag of the TensorBoard events under `folder` -> its (step, value) points."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for events in sorted(folder.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            found.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return found
 
 
 def free_port() -> int:

@@ -170,6 +170,55 @@ def test_quantize_4bit_on_cpu_is_a_clear_error(tmp_path):
         train(recipe, tmp_path / "run")
 
 
+def test_model_selection_needs_scores_on_checkpointed_steps_and_trackers_are_the_trainers():
+    with pytest.raises(ConfigError) as caught:
+        LoraRecipe(
+            data={"generator": "shapes"},
+            evaluation={"samples": 0, "early_stopping_patience": 2},
+            tracking={"report_to": ["tensorbored"]},
+        )
+    message = str(caught.value)
+    assert "evaluation: select_best and early_stopping_patience need held-out scores" in message
+    assert "tracking.report_to=['tensorbored']: must be a list of tracker names, from " in message
+    assert "mlflow" in message and "tensorboard" in message and "wandb" in message
+    with pytest.raises(ConfigError, match=r"checkpoints.every_steps: 30 is not a multiple of evaluation"):
+        LoraRecipe(
+            data={"generator": "shapes"},
+            evaluation={"every_steps": 20, "select_best": True},
+            checkpoints={"every_steps": 30},
+        )
+
+
+def test_trainer_arguments_carry_tracking_selection_and_sharding_settings(tmp_path):
+    from glmlab.lora.training import training_arguments
+
+    recipe = LoraRecipe(
+        name="sel",
+        data={"generator": "shapes"},
+        evaluation={"every_steps": 10, "select_best": True, "metric": "anls"},
+        checkpoints={"every_steps": 20},
+        tracking={"report_to": ["tensorboard"]},
+        hardware={"fsdp_config": {"min_num_params": 1000}},
+    )
+    args = training_arguments(recipe, tmp_path, "cpu", "fp32")
+    assert args.report_to == ["tensorboard"] and args.run_name == "sel"
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_anls"
+    assert args.greater_is_better is True and args.eval_steps == 10 and args.save_steps == 20
+    plain = training_arguments(LoraRecipe(data={"generator": "shapes"}), tmp_path, "cpu", "fp32")
+    assert plain.report_to == [] and plain.metric_for_best_model is None
+    assert not plain.load_best_model_at_end and not plain.deepspeed
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the error is for machines without CUDA")
+def test_deepspeed_or_fsdp_on_cpu_is_a_clear_error_pointing_to_nproc(tmp_path):
+    from glmlab.lora import train
+
+    for hardware in ({"deepspeed": "ds.json"}, {"fsdp": "full_shard auto_wrap"}):
+        recipe = LoraRecipe(data={"generator": "shapes"}, base_model="tiny", hardware=hardware)
+        with pytest.raises(ConfigError, match=r"DeepSpeed and FSDP shard a model over CUDA GPUs.*--nproc N"):
+            train(recipe, tmp_path / "run")
+
+
 def test_a_data_folder_is_shuffled_and_split_into_disjoint_train_and_held_out_records(tmp_path):
     from support import scene
 

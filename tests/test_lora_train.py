@@ -310,6 +310,33 @@ def test_training_progress_can_be_silenced(tmp_path, capfd):
     assert "training:" not in printed and "step 1/1" not in printed
 
 
+def test_early_stopping_ends_the_run_and_select_best_keeps_the_best_scored_checkpoint(tmp_path):
+    # The tiny model scores 0 on the held-out records in its first steps: the first evaluation is the
+    # best one, the second does not improve on it, and a patience of 1 stops the run there.
+    result = train(
+        LORA_DIR / "shapes.yaml",
+        tmp_path / "run",
+        progress=False,
+        **{
+            **SHORT,
+            "evaluation.every_steps": 1,
+            "checkpoints.every_steps": 1,
+            "checkpoints.total_limit": 2,
+            "evaluation.select_best": True,
+            "evaluation.early_stopping_patience": 1,
+        },
+    )
+    assert result.global_step == 2 and result.best_step == 1
+    assert result.history["eval_exact_match"].dropna().tolist() == [0.0, 0.0, 0.0]  # steps 0, 1, 2
+    kept = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    best = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors")
+    last = load_file(tmp_path / "run" / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors")
+    assert all(torch.equal(kept[name], best[name]) for name in best)
+    assert not all(torch.equal(kept[name], last[name]) for name in last)
+    info = read_run_info(tmp_path / "run")
+    assert info["best_step"] == 1 and info["global_step"] == 2
+
+
 def test_evaluation_line_is_one_aligned_row_of_the_loss_table():
     from glmlab.lora.progress import evaluation_line
 

@@ -3,8 +3,9 @@
 A recipe names the base model and, in sections like an eval suite's: `data` (a `glmlab.data.DataSource`:
 a synthetic generator, a data folder or a hub dataset, and how many records), `prompt` (system text,
 a fixed instruction, thinking on or off, image size), `adapter` (rank, alpha, dropout, which modules),
-`optimizer` (learning rate, schedule, steps, batches), `hardware` (precision, memory), `evaluation`
-(held-out records and their metric) and `checkpoints`. `lora/*.yaml` files are recipes serialised:
+`optimizer` (learning rate, schedule, steps, batches), `hardware` (precision, memory, DeepSpeed/FSDP),
+`evaluation` (held-out records, their metric, best-checkpoint selection and early stopping),
+`checkpoints` and `tracking` (the experiment trackers the Trainer reports to). `lora/*.yaml` files are recipes serialised:
 `LoraRecipe.from_yaml(path)` reads one, `to_yaml`/`to_dict` write it back, `replace(**{"adapter.rank":
 8})` changes fields by dotted path. Validation (`glmlab.config`) reports every bad field at once, each
 by its path, so a user fixes a file in one pass; a key of the earlier flat layout says where it moved.
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from glmlab.config import (
+    Check,
     InvalidConfig,
     apply_overrides,
     boolean,
@@ -28,6 +30,7 @@ from glmlab.config import (
     coerce_sections,
     field_paths,
     integer,
+    mapping,
     number,
     one_of,
     problems,
@@ -184,6 +187,21 @@ class HardwareSettings:
     quantize_4bit: bool = checked_field(
         False, help="QLoRA: load the base model in 4-bit NF4 (CUDA and bitsandbytes only).", check=boolean
     )
+    deepspeed: str | None = checked_field(
+        None,
+        help="DeepSpeed config JSON file handed to the Trainer (CUDA GPUs and the deepspeed package only).",
+        check=text(),
+    )
+    fsdp: str = checked_field(
+        "",
+        help="The Trainer's FSDP options, e.g. 'full_shard auto_wrap' ('': off; CUDA GPUs only).",
+        check=text(False),
+    )
+    fsdp_config: dict[str, Any] = checked_field(
+        help="The Trainer's fsdp_config mapping (e.g. {transformer_layer_cls_to_wrap: [...]}).",
+        check=mapping,
+        default_factory=dict,
+    )
 
 
 def _metrics() -> Any:
@@ -217,6 +235,20 @@ class EvaluationSettings:
     max_new_tokens: int = checked_field(
         32, help="Longest greedy answer generated when scoring.", check=integer(1)
     )
+    select_best: bool = checked_field(
+        False,
+        help="The final adapter is the checkpoint with the best held-out score, not the last one "
+        "(the Trainer's load_best_model_at_end).",
+        check=boolean,
+    )
+    early_stopping_patience: int | None = checked_field(
+        None,
+        help="Stop after this many evaluations without a better held-out score (None: never).",
+        check=integer(1),
+    )
+    early_stopping_threshold: float = checked_field(
+        0.0, help="Least gain of the held-out score that counts as better.", check=number(0)
+    )
 
 
 @dataclass
@@ -228,6 +260,36 @@ class CheckpointSettings:
     )
     total_limit: int | None = checked_field(
         2, help="Keep only the newest N checkpoints (None: all).", check=integer(1)
+    )
+
+
+def _trackers() -> Any:
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    return sorted(INTEGRATION_TO_CALLBACK)
+
+
+def _tracker_list() -> Check:
+    """A list of the Trainer's tracker names (its report_to); [] reports to none."""
+
+    def valid(value: Any) -> bool:
+        return isinstance(value, list) and all(name in _trackers() for name in value)
+
+    return Check(valid, lambda value: f"a list of tracker names, from {', '.join(_trackers())}")
+
+
+@dataclass
+class TrackingSettings:
+    """Experiment tracking: the trackers the Trainer logs the loss and held-out scores to."""
+
+    report_to: list[str] = checked_field(
+        help="The Trainer's report_to: [tensorboard] (offline, events in <output>/tensorboard), wandb, "
+        "mlflow, ...; each needs its package. []: none.",
+        check=_tracker_list(),
+        default_factory=list,
+    )
+    run_name: str | None = checked_field(
+        None, help="The run's name in the trackers (None: the recipe's name).", check=text()
     )
 
 
@@ -254,6 +316,7 @@ class LoraRecipe:
     hardware: HardwareSettings = _section(HardwareSettings, "Precision and memory.")
     evaluation: EvaluationSettings = _section(EvaluationSettings, "Held-out scoring during training.")
     checkpoints: CheckpointSettings = _section(CheckpointSettings, "Resumable checkpoints.")
+    tracking: TrackingSettings = _section(TrackingSettings, "Experiment trackers (TensorBoard, W&B, MLflow).")
     logging_steps: int = checked_field(1, help="Log the loss every N optimiser steps.", check=integer(1))
     seed: int = checked_field(
         0, help="Seed of data generation, shuffling, adapter init and dropout.", check=integer(0)
@@ -262,6 +325,29 @@ class LoraRecipe:
     def __post_init__(self) -> None:
         found = coerce_sections(self)
         raise_if_problems(found + problems(self), f"recipe {self.name!r}")
+
+    def extra_problems(self) -> list[tuple[str, str]]:
+        """Best-checkpoint selection and early stopping need held-out scores, on checkpointed steps."""
+        evaluation, found = self.evaluation, []
+        selects = evaluation.select_best or evaluation.early_stopping_patience is not None
+        if selects and (evaluation.samples == 0 or evaluation.every_steps == 0):
+            found.append(
+                (
+                    "evaluation",
+                    "select_best and early_stopping_patience need held-out scores during training; "
+                    "set evaluation.samples and evaluation.every_steps above 0",
+                )
+            )
+        elif evaluation.select_best and self.checkpoints.every_steps % evaluation.every_steps:
+            found.append(
+                (
+                    "checkpoints.every_steps",
+                    f"{self.checkpoints.every_steps} is not a multiple of evaluation.every_steps="
+                    f"{evaluation.every_steps}; select_best picks among evaluated checkpoints, so "
+                    "checkpoints must fall on evaluation steps",
+                )
+            )
+        return found
 
     # ---- derived values ---------------------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
 The Trainer does what it does well and unchanged (the loop, gradient accumulation, mixed precision,
 checkpoints and `resume_from_checkpoint`, tqdm bars in a terminal or notebook, `accelerate launch` and
-`torchrun`); glmlab adds what is specific to GLM-V: samples built by the inference prompt path
-(`LoraCollator`), a loss computed only where the labels are (logits for the answer tokens only, not
+`torchrun` with DDP, DeepSpeed or FSDP, the trackers of `report_to`, best-checkpoint selection and
+early stopping on the held-out score); glmlab adds what is specific to GLM-V: samples built by the
+inference prompt path (`LoraCollator`), a loss computed only where the labels are (logits for the answer tokens only, not
 for every prompt and image token over a 151,552-token vocabulary), held-out answers scored with a
 glmlab.eval metric, and an output folder that both glmlab and plain peft load.
 
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
 from glmlab.config import field_values
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # annotations only: no import of the model at run time
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
 INITIAL_EVAL_FILE = "initial_eval.json"
 RUN_FINGERPRINT_FILE = "run_fingerprint.json"
 # Recipe fields a resumed run may change: they label the run, set how often it logs, evaluates and
@@ -58,6 +60,10 @@ RESUMABLE_CHANGES = (
     "checkpoints.total_limit",
     "logging_steps",
     "hardware.gradient_checkpointing",
+    "evaluation.early_stopping_patience",
+    "evaluation.early_stopping_threshold",
+    "tracking.report_to",
+    "tracking.run_name",
 )
 
 
@@ -72,6 +78,7 @@ class TrainResult:
     global_step: int
     train_runtime_s: float
     eval_answers: pd.DataFrame | None = field(default=None, repr=False)
+    best_step: int | None = None  # the step of the adapter kept, when evaluation.select_best
 
     @property
     def adapter_dir(self) -> Path:
@@ -157,6 +164,13 @@ def train(
     for replaced in TrainingProgress.replaces:
         trainer.remove_callback(replaced)
     trainer.add_callback(TrainingProgress(enabled=progress))
+    if recipe.evaluation.early_stopping_patience is not None:
+        trainer.add_callback(
+            EarlyStoppingCallback(
+                recipe.evaluation.early_stopping_patience, recipe.evaluation.early_stopping_threshold
+            )
+        )
+    _log_tensorboard_to(trainer, output_dir / TENSORBOARD_DIR)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(output_dir / RUN_FINGERPRINT_FILE, json.dumps(fingerprint, indent=2) + "\n")
@@ -165,12 +179,18 @@ def train(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*use_cache=True.*")
         trained_loss = _train(trainer, checkpoint)
-    if evaluator is not None and not _evaluated_at(trainer.state.log_history, trainer.state.global_step):
-        trainer.evaluate()
+    best_step = trainer.state.best_global_step if recipe.evaluation.select_best else None
+    evaluated = _evaluated_at(trainer.state.log_history, trainer.state.global_step)
+    if evaluator is not None and best_step is None and not evaluated:
+        trainer.evaluate()  # (with select_best the adapter kept is an evaluated checkpoint's)
     runtime = time.perf_counter() - start
     history = trainer.state.log_history
-    metrics = {**initial, **_final_metrics(history), "train_loss": _train_loss(history, trained_loss)}
-    _save(trainer, output_dir, recipe, vlm, data, metrics, runtime)
+    metrics = {
+        **initial,
+        **_final_metrics(history, best_step),
+        "train_loss": _train_loss(history, trained_loss),
+    }
+    _save(trainer, output_dir, recipe, vlm, data, metrics, runtime, best_step)
     return TrainResult(
         output_dir=output_dir,
         recipe=recipe,
@@ -179,18 +199,21 @@ def train(
         global_step=trainer.state.global_step,
         train_runtime_s=runtime,
         eval_answers=evaluator.last_answers if evaluator else None,
+        best_step=best_step,
     )
 
 
 def _train(trainer: LoraTrainer, checkpoint: str | None) -> float:
     """`trainer.train`, except from the checkpoint of a run that had finished training (killed while
-    evaluating or saving the adapter): then only its weights and state are loaded, as the Trainer
-    does, because resuming at max_steps in mid-epoch would run one step past it. Returns the loss.
+    evaluating or saving the adapter): then only its weights (the best checkpoint's, with
+    evaluation.select_best) and state are loaded, as the Trainer does, because resuming at max_steps in mid-epoch would run one step past it. Returns the loss.
     """
     if checkpoint is not None:
         state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
         if state.max_steps and state.global_step >= state.max_steps:
             model = trainer.model
+            if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+                checkpoint = state.best_model_checkpoint  # as the Trainer would have ended
             model.load_adapter(checkpoint, model.active_adapter, is_trainable=True)
             trainer.state = state
             return 0.0
@@ -257,6 +280,11 @@ def resolve_device_and_precision(recipe: LoraRecipe) -> tuple[str, str]:
         precision = "fp32" if recipe.hardware.precision == "auto" else recipe.hardware.precision
         if recipe.hardware.precision == "auto":
             logger.info("precision='auto' -> fp32 (CPU: bfloat16 matmul is slow there)")
+        if recipe.hardware.deepspeed or recipe.hardware.fsdp:
+            raise ConfigError(
+                "hardware.deepspeed / hardware.fsdp: DeepSpeed and FSDP shard a model over CUDA GPUs and this "
+                "machine has none; on CPUs `glmlab train --nproc N` runs plain data parallelism (DDP, gloo)."
+            )
         return "cpu", precision
     device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     if recipe.hardware.precision != "auto":
@@ -376,8 +404,9 @@ def training_arguments(
     recipe: LoraRecipe, output_dir: Path, device: str, precision: str
 ) -> TrainingArguments:
     """The Trainer's arguments for a recipe (checkpoints go to output_dir/checkpoints)."""
-    optimizer, evaluation = recipe.optimizer, recipe.evaluation
+    optimizer, evaluation, hardware = recipe.optimizer, recipe.evaluation, recipe.hardware
     evaluate = evaluation.samples > 0 and evaluation.every_steps > 0
+    selects = evaluation.select_best or evaluation.early_stopping_patience is not None
     return TrainingArguments(
         output_dir=str(output_dir / CHECKPOINT_DIR),
         per_device_train_batch_size=optimizer.batch_size,
@@ -404,11 +433,29 @@ def training_arguments(
         logging_steps=recipe.logging_steps,
         seed=recipe.seed,
         data_seed=recipe.data_seed,
-        report_to="none",
+        load_best_model_at_end=evaluation.select_best,
+        # every glmlab.eval metric is a score in [0, 1], higher is better
+        metric_for_best_model=f"eval_{evaluation.metric}" if selects else None,
+        greater_is_better=True if selects else None,
+        report_to=recipe.tracking.report_to or "none",
+        run_name=recipe.tracking.run_name or recipe.name,
+        deepspeed=hardware.deepspeed,
+        fsdp=hardware.fsdp or None,
+        fsdp_config=hardware.fsdp_config or None,
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
     )
+
+
+def _log_tensorboard_to(trainer: Trainer, folder: Path) -> None:
+    """TensorBoard events go to <output>/tensorboard rather than the Trainer's <checkpoints>/runs/<date>,
+    unless TENSORBOARD_LOGGING_DIR says otherwise (the Trainer's callback reads it)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(folder)
 
 
 def _checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
@@ -527,10 +574,12 @@ def _evaluated_at(log_history: list[dict], step: int) -> bool:
     )
 
 
-def _final_metrics(log_history: list[dict]) -> dict[str, float]:
+def _final_metrics(log_history: list[dict], step: int | None = None) -> dict[str, float]:
+    """The latest held-out scores, or those of `step` (the selected best checkpoint) when given."""
     latest: dict[str, float] = {}
     for entry in log_history:
-        latest.update({key: value for key, value in entry.items() if key.startswith("eval_")})
+        if step is None or entry.get("step") == step:
+            latest.update({key: value for key, value in entry.items() if key.startswith("eval_")})
     return latest
 
 
@@ -571,6 +620,7 @@ def _save(
     data: Any,
     metrics: dict[str, float],
     runtime: float,
+    best_step: int | None,
 ) -> None:
     _save_adapter(trainer, output_dir)
     if not trainer.is_world_process_zero():
@@ -587,6 +637,7 @@ def _save(
             "data": data.describe(),
             "metrics": metrics,
             "global_step": trainer.state.global_step,
+            "best_step": best_step,
             "train_runtime_s": runtime,
             "trainable_parameters": trainable,
             "adapted_modules": len(adapted_module_names(model)),
