@@ -42,7 +42,7 @@ DEFAULT_MAX_STREAM_FRAMES = 100_000  # frames the stream may declare (a 30 fps h
 DEFAULT_MAX_FRAME_PIXELS = 3840 * 2160  # 4K UHD per frame
 DEFAULT_MAX_VIDEO_BYTES = 200 * 1024 * 1024
 TEMPORAL_PATCH_SIZE = 2  # GLM-4.6V's video processor: frames are patched in pairs
-# FFmpeg demuxer for each container signature (see _sniff_format); nothing else is ever opened.
+# FFmpeg demuxer for each container signature (see sniff_container); nothing else is ever opened.
 _DEMUXERS = {"mp4": "mov,mp4,m4a,3gp,3g2,mj2", "matroska": "matroska,webm", "avi": "avi"}
 _MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
 
@@ -138,7 +138,7 @@ def is_video(source: Any) -> bool:
         path = source.split("?", 1)[0]
         return path.lower().endswith(VIDEO_EXTENSIONS)
     if isinstance(source, bytes | bytearray):
-        return _sniff_format(bytes(source[:16])) is not None
+        return sniff_container(bytes(source[:16])) is not None
     return False
 
 
@@ -157,10 +157,16 @@ def load_video(source: Any, **options: Any) -> Video:
 
 def probe(source: Any, **options: Any) -> VideoInfo:
     """The headers of a video (checked against the limits), without decoding any frame."""
+    return checked_bytes(source, **options)[1]
+
+
+def checked_bytes(source: Any, **options: Any) -> tuple[bytes, VideoInfo]:
+    """A video's file bytes and headers, checked against the limits without decoding any frame: what a
+    record store keeps (the file itself; frames are sampled when a prompt is built)."""
     opts = VideoOptions(**options)
     data, name = _read_source(source, opts)
     with _open(data, name) as (container, stream, fmt):
-        return _checked_info(container, stream, fmt, name, opts)
+        return data, _checked_info(container, stream, fmt, name, opts)
 
 
 def sample_indices(info: VideoInfo, fps: float, max_frames: int) -> list[int]:
@@ -260,7 +266,7 @@ def _decode_data_url(url: str, name: str) -> bytes:
         raise InputError(f"{name}: invalid base64 in data URL ({error}).") from None
 
 
-def _sniff_format(head: bytes) -> str | None:
+def sniff_container(head: bytes) -> str | None:
     """The container a file's first bytes announce ("mp4", "matroska", "avi"), or None."""
     if head[4:8] in _MP4_BOXES:
         return "mp4"
@@ -283,7 +289,7 @@ class _open:
 
         if not self.data:
             raise InputError(f"{self.name}: empty input (0 bytes).")
-        fmt = _sniff_format(self.data[:16])
+        fmt = sniff_container(self.data[:16])
         if fmt is None:
             raise InputError(
                 f"{self.name}: not a video container glmlab reads. Supported: {SUPPORTED_VIDEOS}."

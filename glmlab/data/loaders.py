@@ -5,8 +5,9 @@ pandas DataFrame, a list of dicts, a `datasets.Dataset`, or a hub dataset name (
 `datasets.load_dataset`); `format` reads other tools' layouts too (`glmlab.data.formats`: ShareGPT/LLaVA,
 LLaMA-Factory, a CSV beside its images). Whatever the source, the result has the same four columns:
 
-- `id` (string or null), `images` (a list of `datasets.Image`), `messages` (`[{"role", "content"}]`,
-  string contents, last one the assistant's answer), `metadata` (a JSON string of every other field).
+- `id` (string or null), `images` (a list of `datasets.Image`), `videos` (a list of video files'
+  bytes; a record has images or videos), `messages` (`[{"role", "content"}]`, string contents, last
+  one the assistant's answer), `metadata` (a JSON string of every other field).
 
 Bad rows either stop the load (`on_error="raise"`, the default) with an `InputError` naming the row
 and the problem, or are skipped (`on_error="skip"`): then a warning is logged and the `LoadReport` from
@@ -32,11 +33,13 @@ from glmlab.data.formats import FORMATS, Format, read_rows
 from glmlab.data.records import RecordError, json_default, normalise_row
 from glmlab.errors import ConfigError, InputError
 from glmlab.images import encode_png, to_pil_list
+from glmlab.videos import sniff_container
 
 logger = logging.getLogger(__name__)
 
 DATA_FILE = "data.jsonl"
 IMAGE_DIR = "images"
+VIDEO_DIR = "videos"
 ON_ERROR = ("raise", "skip")
 
 
@@ -160,6 +163,7 @@ def features():
         {
             "id": datasets.Value("string"),
             "images": datasets.List(datasets.Image()),
+            "videos": datasets.List(datasets.Value("binary")),
             "messages": datasets.List(message),
             "metadata": datasets.Value("string"),
         }
@@ -269,10 +273,11 @@ def _hub_dataset(name: str, split: str | None, hub_options: Mapping[str, Any] | 
 def save_records(
     records: Iterable[Mapping[str, Any]], out_dir: str | Path, *, filename: str = DATA_FILE
 ) -> Path:
-    """Write records as a data folder (`data.jsonl` + `images/`) that `load_records` reads back.
+    """Write records as a data folder (`data.jsonl` + `images/`, `videos/`) that `load_records` reads back.
 
-    PIL images (and other in-memory images) are saved as PNG under `images/`; image files already
-    inside `out_dir` are referenced by relative path, others are copied in. Returns the jsonl path.
+    PIL images (and other in-memory images) are saved as PNG under `images/`; videos given as bytes are
+    saved as they are under `videos/`; files already inside `out_dir` are referenced by relative path,
+    others are copied in. Returns the jsonl path.
     """
     out_dir = Path(out_dir)
     _write_folder(records, out_dir, filename)
@@ -285,7 +290,13 @@ def write_and_reference(records: list[dict[str, Any]], out_dir: str | Path | Non
         return records
     out_dir = Path(out_dir).resolve()
     written = _write_folder(records, out_dir, DATA_FILE)
-    return [{**row, "images": [str(out_dir / path) for path in row["images"]]} for row in written]
+    return [
+        {
+            **row,
+            **{key: [str(out_dir / path) for path in row[key]] for key in ("images", "videos") if key in row},
+        }
+        for row in written
+    ]
 
 
 def _write_folder(records: Iterable[Mapping[str, Any]], out_dir: Path, filename: str) -> list[dict[str, Any]]:
@@ -294,14 +305,19 @@ def _write_folder(records: Iterable[Mapping[str, Any]], out_dir: Path, filename:
     written, used_stems = [], set()
     for index, record in enumerate(records):
         stem = _file_stem(record, index, used_stems)
-        values = record.get("images", record.get("image"))
-        values = values if isinstance(values, list | tuple) else [values]
-        paths = [
-            _write_image(value, out_dir, f"{stem}_{k}" if len(values) > 1 else stem)
-            for k, value in enumerate(values)
-        ]
-        row = {key: value for key, value in record.items() if key not in ("image", "images")}
-        written.append({**row, "images": paths})
+        row = {
+            key: value for key, value in record.items() if key not in ("image", "images", "video", "videos")
+        }
+        for kind, write in (("image", _write_image), ("video", _write_video)):
+            values = record.get(f"{kind}s", record.get(kind))
+            if values is None:
+                continue
+            values = values if isinstance(values, list | tuple) else [values]
+            row[f"{kind}s"] = [
+                write(value, out_dir, f"{stem}_{k}" if len(values) > 1 else stem)
+                for k, value in enumerate(values)
+            ]
+        written.append(row)
     with (out_dir / filename).open("w", encoding="utf-8") as file:
         for row in written:
             file.write(json.dumps(row, ensure_ascii=False, default=json_default) + "\n")
@@ -317,15 +333,40 @@ def _file_stem(record: Mapping[str, Any], index: int, used: set[str]) -> str:
     return stem
 
 
+def _write_video(value: Any, out_dir: Path, stem: str) -> str:
+    """Store one video value (a path or the file's bytes) under out_dir; its path relative to out_dir."""
+    if isinstance(value, str | Path) and Path(value).is_file():
+        return _copied_in(Path(value), out_dir, VIDEO_DIR, stem)
+    if not isinstance(value, bytes | bytearray):
+        raise InputError(
+            f"record {stem!r}: a video is a {type(value).__name__}; give a file path or its bytes."
+        )
+    (out_dir / VIDEO_DIR).mkdir(exist_ok=True)
+    target = out_dir / VIDEO_DIR / f"{stem}{_video_suffix(bytes(value[:16]))}"
+    target.write_bytes(value)
+    return target.relative_to(out_dir).as_posix()
+
+
+def _video_suffix(head: bytes) -> str:
+    """The file extension of a video's bytes (the container they announce); .mp4 when unknown."""
+    return {"matroska": ".mkv", "avi": ".avi"}.get(sniff_container(head) or "", ".mp4")
+
+
+def _copied_in(path: Path, out_dir: Path, folder: str, stem: str) -> str:
+    """A file's path relative to out_dir: as it is when inside, else copied to out_dir/folder/."""
+    path = path.resolve()
+    if path.is_relative_to(out_dir):
+        return path.relative_to(out_dir).as_posix()
+    (out_dir / folder).mkdir(exist_ok=True)
+    target = out_dir / folder / f"{stem}{path.suffix}"
+    shutil.copyfile(path, target)
+    return target.relative_to(out_dir).as_posix()
+
+
 def _write_image(value: Any, out_dir: Path, stem: str) -> str:
     """Store one image value under out_dir and return its path relative to out_dir."""
     if isinstance(value, str | Path) and Path(value).is_file():
-        path = Path(value).resolve()
-        if path.is_relative_to(out_dir):
-            return path.relative_to(out_dir).as_posix()
-        target = out_dir / IMAGE_DIR / f"{stem}{path.suffix}"
-        shutil.copyfile(path, target)
-        return target.relative_to(out_dir).as_posix()
+        return _copied_in(Path(value), out_dir, IMAGE_DIR, stem)
     images = [value] if isinstance(value, Image.Image) else to_pil_list(value)
     if len(images) != 1:
         raise InputError(f"record {stem!r}: an image value holds {len(images)} images; give them one by one.")

@@ -1,11 +1,13 @@
 """The one record format glmlab trains and evaluates on, and the checks that turn a raw row into it.
 
-A record is one or more images plus a conversation about them. Sources write it in two shapes:
+A record is one or more images, or one or more videos, plus a conversation about them. Sources
+write it in two shapes:
 
-- the shorthand: `{"image": "a.png", "question": "...", "answer": "...", ...}` (`images` for a list);
+- the shorthand: `{"image": "a.png", "question": "...", "answer": "...", ...}` (`images` for a list;
+  `video` / `videos` for clips: a path, bytes or a data:video/ URL);
 - the chat form: `{"images": [...], "messages": [{"role": "user", "content": "..."},
   {"role": "assistant", "content": "..."}]}`, where content may also be a list of parts
-  (`{"type": "text", "text": ...}`, `{"type": "image"}`).
+  (`{"type": "text", "text": ...}`, `{"type": "image"}`, `{"type": "video"}`).
 
 Every loader normalises to the chat form with string contents. The images travel in their own column;
 where they go in the conversation is said, if at all, by `<image>` markers (`glmlab.prompts.IMAGE_MARKER`)
@@ -13,8 +15,12 @@ in the user text, one per image in order, as LLaVA and LLaMA-Factory write them.
 token: the prompt builder puts an image item there and the model's chat template renders its own image
 tokens, so a dataset never bakes in one model's image tokens (GLM's own `<|begin_of_image|>...` and
 `<|image|>` placeholders are rewritten to the marker). Without markers the images open the first user
-turn. Keys other than `id`, `image(s)`, `question`, `answer`, `messages` and `metadata` are free
-metadata (ground-truth fields, question type, ...).
+turn. A record holds images or videos, not both: GLM-V models in transformers take one kind per
+prompt (`glmlab.prompts.to_conversation`). Videos travel in their own column as the file's own bytes,
+their headers checked here (`glmlab.videos.checked_bytes`: a corrupt or over-budget clip is caught at
+load time); they open the first user turn, and their frames are sampled when a prompt is built, as at
+inference. Keys other than `id`, `image(s)`, `video(s)`, `question`, `answer`, `messages` and
+`metadata` are free metadata (ground-truth fields, question type, ...).
 
 A row that cannot be used raises `RecordError`, an `InputError` whose `reason` (one of `REASONS`)
 lets a loader count skipped rows by kind, and whose message names the row and the problem.
@@ -37,17 +43,20 @@ from PIL import Image
 from glmlab.errors import InputError
 from glmlab.images import encode_png, to_pil
 from glmlab.prompts import IMAGE_MARKER
+from glmlab.videos import checked_bytes
 
 ROLES = ("system", "user", "assistant")
-RECORD_KEYS = ("id", "image", "images", "question", "answer", "messages", "metadata")
+RECORD_KEYS = ("id", "image", "images", "video", "videos", "question", "answer", "messages", "metadata")
 REASONS = (
     "invalid_row",  # not a mapping, invalid JSON, or contradictory fields
-    "missing_field",  # no image, no question/answer/messages, no assistant turn
+    "missing_field",  # no image or video, no question/answer/messages, no assistant turn
     "wrong_type",  # a field of the wrong type (e.g. a number as answer)
     "empty_question",
     "empty_answer",
     "missing_image",  # an image path that does not exist
     "unreadable_image",  # an image glmlab.images could not decode (corrupt, unsupported, refused)
+    "missing_video",  # a video path that does not exist
+    "unreadable_video",  # a video whose headers glmlab.videos refuses (corrupt, unsupported, over budget)
 )
 # Image placeholders other tools put into the text; each becomes one IMAGE_MARKER.
 _PLACEHOLDER_RE = re.compile(r"<\|begin_of_image\|>(?:<\|image\|>)*<\|end_of_image\|>|<\|image\|>|<image>")
@@ -135,12 +144,13 @@ def normalise_row(
     image_root: Path | None = None,
     convert: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One raw row -> `{"id", "images", "messages", "metadata"}` as the loaders store it.
+    """One raw row -> `{"id", "images", "videos", "messages", "metadata"}` as the loaders store it.
 
     `images` holds `{"bytes", "path": None}` cells for `datasets.Image` (each image is decoded once here
-    by `glmlab.images.to_pil`, so a corrupt file is caught now, not mid-training); `metadata` is a JSON
-    string of every key that is not part of the record format. Relative image paths are taken from
-    `image_root` (the data folder) when given. `convert` turns a row of another format
+    by `glmlab.images.to_pil`, so a corrupt file is caught now, not mid-training); `videos` holds each
+    clip's file bytes (headers checked, no frame decoded); `metadata` is a JSON string of every key that
+    is not part of the record format. Relative image and video paths are taken from `image_root` (the
+    data folder) when given. `convert` turns a row of another format
     (`glmlab.data.formats`) into the record format first; its `RowProblem`s name the row like ours.
     """
     record_id = _record_id(row) if isinstance(row, Mapping) else None
@@ -150,7 +160,19 @@ def normalise_row(
         if convert is not None:
             row = convert(row)
         messages = _messages_of(row)
-        images = [cell for value in _image_values(row) for cell in _image_cells(value, image_root)]
+        images = [cell for value in _media_values(row, "image") for cell in _image_cells(value, image_root)]
+        videos = [_video_bytes(value, image_root) for value in _media_values(row, "video")]
+        if images and videos:
+            raise RowProblem(
+                "invalid_row",
+                "has both images and videos; GLM-V models take one kind per prompt, so keep one",
+            )
+        if not images and not videos:
+            raise RowProblem(
+                "missing_field",
+                "missing field 'image' (or 'images', 'video', 'videos'): every record needs an image "
+                "or a video",
+            )
         _check_markers(messages, len(images))
         metadata = json.dumps(_metadata_of(row), ensure_ascii=False, default=json_default)
     except RowProblem as problem:
@@ -160,7 +182,7 @@ def normalise_row(
             index=index,
             record_id=record_id,
         ) from None
-    return {"id": record_id, "images": images, "messages": messages, "metadata": metadata}
+    return {"id": record_id, "images": images, "videos": videos, "messages": messages, "metadata": metadata}
 
 
 # ---- fields ---------------------------------------------------------------------------------------
@@ -311,20 +333,20 @@ def json_default(value: Any) -> Any:
 # ---- images ---------------------------------------------------------------------------------------
 
 
-def _image_values(row: Mapping[str, Any]) -> list[Any]:
-    single, many = row.get("image"), row.get("images")
+def _media_values(row: Mapping[str, Any], kind: str) -> list[Any]:
+    """The values of `kind` ("image" or "video") and its plural; [] when the row has neither."""
+    plural = f"{kind}s"
+    single, many = row.get(kind), row.get(plural)
     if not is_missing(single) and not is_missing(many):
-        raise RowProblem("invalid_row", "has both 'image' and 'images'; keep one")
+        raise RowProblem("invalid_row", f"has both {kind!r} and {plural!r}; keep one")
     if not is_missing(single):
         return [single]
     if is_missing(many):
-        raise RowProblem("missing_field", "missing field 'image' (or 'images'): every record needs an image")
+        return []
     if isinstance(many, np.ndarray) and many.dtype == object:
         many = list(many)
     if not isinstance(many, list | tuple):
-        raise RowProblem("wrong_type", f"field 'images' has type {type(many).__name__}, expected a list")
-    if not many:
-        raise RowProblem("missing_field", "field 'images' is an empty list: every record needs an image")
+        raise RowProblem("wrong_type", f"field {plural!r} has type {type(many).__name__}, expected a list")
     return list(many)
 
 
@@ -352,3 +374,27 @@ def _image_cells(value: Any, image_root: Path | None) -> list[dict[str, Any]]:
     if isinstance(value, Path | bytes) and len(images) == 1 and images[0].format in _KEEP_BYTES_FORMATS:
         return [{"bytes": value.read_bytes() if isinstance(value, Path) else value, "path": None}]
     return [{"bytes": encode_png(image), "path": None} for image in images]
+
+
+# ---- videos ---------------------------------------------------------------------------------------
+
+
+def _video_bytes(value: Any, root: Path | None) -> bytes:
+    """One video value (a path, bytes, a data:video/ URL) as the file's bytes, its headers checked."""
+    if isinstance(value, Mapping):  # datasets.Value("binary") cells read back as {"bytes"} by some tools
+        value = value.get("bytes")
+    if isinstance(value, str | Path) and not str(value).startswith("data:"):
+        path = Path(value)
+        if root is not None and not path.is_absolute():
+            path = root / path
+        if not path.is_file():
+            raise RowProblem("missing_video", f"video file {str(value)!r} not found (looked at {path})")
+        value = path
+    elif not isinstance(value, str | bytes | bytearray):
+        raise RowProblem(
+            "wrong_type", f"a video has type {type(value).__name__}; expected a path, bytes or data URL"
+        )
+    try:
+        return checked_bytes(value)[0]
+    except InputError as error:
+        raise RowProblem("unreadable_video", f"unreadable video: {error}") from None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from glmlab.errors import ConfigError
+from glmlab.errors import ConfigError, InputError
 from glmlab.eval.run import (
     CONFIG_FILE,
     SAMPLES_FILE,
@@ -26,6 +26,7 @@ from glmlab.eval.run import (
 from glmlab.eval.samples import EvalSample, SampleSet
 from glmlab.files import atomic_write
 from glmlab.images import encode_png
+from glmlab.videos import is_video, load_video
 
 THUMBNAIL_PX = 160
 # config.json keys that must match for a run folder to be resumed (limit and speed settings may change).
@@ -94,11 +95,18 @@ class RowWriter:
 
 
 def _thumbnail(sample_set: SampleSet, sample: EvalSample) -> tuple[str, bytes] | None:
-    """(file name, PNG bytes) of a small copy of the sample's first image; None if it has none."""
-    images = sample_set.images(sample)
-    if not images:
+    """(file name, PNG bytes) of a small copy of the sample's first image (a video's first sampled
+    frame); None if it has neither."""
+    media = sample_set.media(sample)
+    if not media:
         return None
-    image = images[0].convert("RGB")
+    first = media[0]
+    if is_video(first):
+        try:
+            first = load_video(first, max_frames=2).images()[0]
+        except InputError:  # the sample's own answer already records why its video failed
+            return None
+    image = first.convert("RGB")
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
     return re.sub(r"[^A-Za-z0-9._-]", "_", sample.id) + ".png", encode_png(image)
 

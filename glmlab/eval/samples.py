@@ -53,10 +53,17 @@ class SampleSet:
         """The sample's images as PIL images (decoded now)."""
         return list(self.dataset[sample.index]["images"])
 
+    def media(self, sample: EvalSample) -> list[Any]:
+        """What the sample asks about: its images (PIL), or its videos (the files' bytes, sampled when
+        the prompt is built, as `vlm.ask` samples a clip)."""
+        row = self.dataset[sample.index]
+        return list(row["images"]) + list(row.get("videos") or [])
+
     def item(self, sample: EvalSample) -> dict[str, Any]:
         """A `vlm.batch` item: {"images", "question", "system"}, or {"messages"} for a multi-turn record
-        or one whose `<image>` markers place its images in the text."""
-        images = self.images(sample)
+        or one whose `<image>` markers place its images in the text; a video record's clips go where images go
+        (`glmlab.prompts` tells them apart)."""
+        images = self.media(sample)
         if not sample.history and IMAGE_MARKER not in sample.question:
             return {"images": images, "question": sample.question, "system": sample.system}
         turns = [*sample.history, {"role": "user", "content": sample.question}]

@@ -6,7 +6,10 @@ is trained on precisely what it will be asked. The target is what the template r
 prompt for the record's answer (thinking off: the answer itself, after the pre-filled
 `<think></think>\\n`), tokenised on its own, then closed with the token generation stops on.
 
-Labels are -100 everywhere but the target: image tokens, system and user text, the template's
+A video record's clips are sampled as `vlm.ask` samples them (`glmlab.videos` defaults: `fps`,
+`max_frames`) and go to the processor as `videos=`, exactly as at inference.
+
+Labels are -100 everywhere but the target: image and video tokens, system and user text, the template's
 markers and padding never reach the loss. No sequence packing: Glm4v's 3-D mRoPE positions are
 computed per sequence from `image_grid_thw`, and packing would corrupt them.
 """
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 
 from glmlab import prompts
-from glmlab.batching import concat_images, pad_rows
+from glmlab.batching import concat_images, concat_videos, pad_rows
 from glmlab.data import keep_markers, to_dialogue
 from glmlab.errors import InputError
 
@@ -44,7 +47,7 @@ def answer_end_token_id(tokenizer: Any, eos_token_ids: set[int]) -> int:
 
 @dataclass
 class EncodedSample:
-    """One training sample: token ids, labels (-100 outside the target) and its image tensors."""
+    """One training sample: token ids, labels (-100 outside the target) and its image or video tensors."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -53,6 +56,8 @@ class EncodedSample:
     image_grid_thw: torch.Tensor | None
     prompt_text: str
     target_text: str
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
 
 
 class LoraCollator:
@@ -92,14 +97,14 @@ class LoraCollator:
 
     def prompt_messages(self, record: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
         """The messages inference is asked with (images where the record's `<image>` markers put them,
-        else first in the first user turn) and the answer."""
+        else first in the first user turn; videos first in the first user turn) and the answer."""
         dialogue = to_dialogue(record)
         turns = [dict(turn) for turn in dialogue.turns]
         if self.prompt is not None:
             asked = turns[dialogue.asked]["content"]
             turns[dialogue.asked] = {"role": "user", "content": keep_markers(asked, self.prompt)}
         system = self.system if self.system is not None else dialogue.system
-        images = list(record.get("images") or [])
+        images = list(record.get("images") or []) + list(record.get("videos") or [])
         return prompts.conversation_messages(images, turns, system, markers=True), dialogue.answer
 
     def encode(self, record: dict[str, Any]) -> EncodedSample:
@@ -120,7 +125,11 @@ class LoraCollator:
             )
         target_text = full_text[len(prompt_text) :]
         features = prompts.encode(
-            self.processor, [prompt_text], [conversation.images], max_image_pixels=self.max_image_pixels
+            self.processor,
+            [prompt_text],
+            [conversation.images],
+            max_image_pixels=self.max_image_pixels,
+            videos=[conversation.videos],
         )
         prompt_ids = features["input_ids"][0]
         target_ids = torch.tensor(
@@ -136,6 +145,8 @@ class LoraCollator:
             image_grid_thw=features.get("image_grid_thw"),
             prompt_text=prompt_text,
             target_text=target_text,
+            pixel_values_videos=features.get("pixel_values_videos"),
+            video_grid_thw=features.get("video_grid_thw"),
         )
 
     # ---- a batch --------------------------------------------------------------------------------
@@ -144,11 +155,19 @@ class LoraCollator:
         return self.collate([self.encode(record) for record in records])
 
     def collate(self, samples: list[EncodedSample]) -> dict[str, torch.Tensor]:
-        """Pad samples to one length (right or left); images are concatenated in sample order."""
+        """Pad samples to one length (right or left); images and videos are concatenated in sample order."""
         rows = [
             {"input_ids": s.input_ids, "labels": s.labels, "mm_token_type_ids": s.mm_token_type_ids}
             for s in samples
         ]
         pad = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "mm_token_type_ids": 0}
         batch = pad_rows(rows, pad, side=self.padding_side)
-        return batch | concat_images([(s.pixel_values, s.image_grid_thw) for s in samples])
+        videos = [
+            {"pixel_values_videos": s.pixel_values_videos, "video_grid_thw": s.video_grid_thw}
+            for s in samples
+        ]
+        return (
+            batch
+            | concat_images([(s.pixel_values, s.image_grid_thw) for s in samples])
+            | concat_videos(videos)
+        )

@@ -90,7 +90,7 @@ def _split(source: DataSource, eval_samples: int):
 
 
 def fingerprint(*datasets: Any) -> str:
-    """sha256 of every record's id, messages, metadata and image bytes, in order (train first).
+    """sha256 of every record's id, messages, metadata, image and video bytes, in order (train first).
 
     Read through the Arrow format: the stored image bytes as they are, with no decoding and no cast."""
     digest = hashlib.sha256()
@@ -103,5 +103,7 @@ def fingerprint(*datasets: Any) -> str:
                 digest.update(text.encode())
                 for image in row["images"]:
                     digest.update(image["bytes"] or b"")
+                for video in row.get("videos") or []:
+                    digest.update(video)
         digest.update(b"\x00split\x00")
     return digest.hexdigest()
