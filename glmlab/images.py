@@ -93,8 +93,9 @@ def _mb(nbytes: int) -> int:
 
 class ImageBudget:
     """What one request (or one `to_pil` call) may decode: a number of images, a total of decoded
-    pixels (PDF pages and DICOM frames count one each), and the memory it holds from `memory` until
-    `release()`. Checked from headers, before any pixel is decoded. Used by one thread at a time."""
+    pixels (PDF pages, DICOM frames and sampled video frames count one each), and the memory it holds
+    from `memory` until `release()`. Checked from headers, before any pixel is decoded. Used by one
+    thread at a time."""
 
     def __init__(
         self,
@@ -116,8 +117,8 @@ class ImageBudget:
         if self.max_images is not None and images > self.max_images:
             raise InputError(
                 f"{name}: {len(sizes)} image(s) would bring this request to {images} images, over the "
-                f"limit of {self.max_images} (max_images; PDF pages and DICOM frames count one each); "
-                "send fewer images or pages."
+                f"limit of {self.max_images} (max_images; PDF pages, DICOM frames and sampled video frames "
+                "count one each); send fewer images or pages, or sample fewer video frames."
             )
         if self.max_pixels is not None and pixels > self.max_pixels:
             raise InputError(

@@ -142,17 +142,21 @@ def is_video(source: Any) -> bool:
     return False
 
 
-def load_video(source: Any, **options: Any) -> Video:
+def load_video(source: Any, *, budget: Any = None, **options: Any) -> Video:
     """Sample one video's frames: a path, a `data:video/...;base64,` URL, raw bytes, or a Video.
 
     options: `VideoOptions` fields (fps, max_frames, max_duration_s, max_stream_frames,
     max_frame_pixels, max_video_bytes). Bad or over-budget input raises InputError naming it.
+    budget: a request's `glmlab.images.ImageBudget` (the server passes one): every sampled frame counts
+    as one image of the frame's size against its image and pixel limits, admitted from the headers
+    before decoding, and the frames' memory stays held until the request releases it. None: the
+    process-wide decode memory only, released when the frames are returned.
     """
     opts = VideoOptions(**options)
     if isinstance(source, Video):
         return source
     data, name = _read_source(source, opts)
-    return _decode(data, name, opts)
+    return _decode(data, name, opts, budget)
 
 
 def probe(source: Any, **options: Any) -> VideoInfo:
@@ -355,20 +359,22 @@ def _checked_info(container: Any, stream: Any, fmt: str, name: str, opts: VideoO
     return VideoInfo(width, height, fps, frames, duration, fmt, context.name)
 
 
-def _decode(data: bytes, name: str, opts: VideoOptions) -> Video:
+def _decode(data: bytes, name: str, opts: VideoOptions, request_budget: Any = None) -> Video:
     from glmlab.images import DECODE_MEMORY, LIBRARY_WAIT_S, ImageBudget
 
     with _open(data, name) as (container, stream, fmt):
         info = _checked_info(container, stream, fmt, name, opts)
         wanted = sample_indices(info, opts.fps, opts.max_frames)
         kept_bytes = len(wanted) * info.width * info.height * 3
-        budget = ImageBudget(memory=DECODE_MEMORY, wait_s=LIBRARY_WAIT_S)
+        budget = request_budget or ImageBudget(memory=DECODE_MEMORY, wait_s=LIBRARY_WAIT_S)
+        budget.admit(f"{name} ({len(wanted)} sampled frames)", [(info.width, info.height)] * len(wanted))
         try:
             # peak: the kept frames, one decoded YUV frame and its RGB copy
             with budget.decoding(name, kept_bytes + 2 * info.width * info.height * 4, kept_bytes):
                 frames = _decode_frames(container, stream, wanted, info, name)
         finally:
-            budget.release()  # the caller owns the frames now
+            if request_budget is None:
+                budget.release()  # the caller owns the frames now
     if not frames:
         raise InputError(f"{name}: no decodable frame (an empty or corrupt video stream).")
     found = sorted(frames)

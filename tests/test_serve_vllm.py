@@ -39,6 +39,7 @@ def test_vllm_command_serves_each_adapter_with_the_rank_that_fits(exported):
         api_key="secret-key-1",
         max_model_len=32768,
         max_images=4,
+        max_videos=0,
     )
     command = vllm_command(settings)
     assert command.argv == [
@@ -86,9 +87,12 @@ def test_vllm_command_without_adapters_lets_vllm_fit_the_context():
         "--max-model-len",
         "auto",
         "--limit-mm-per-prompt",
-        '{"image": 32, "video": 0}',
+        '{"image": 32, "video": 1}',
+        "--media-io-kwargs",
+        '{"video": {"num_frames": 16, "fps": 2.0}}',
     ]
-    assert json.loads(argv[-1]) == {"image": 32, "video": 0}  # vLLM's JSON form, no video (as glmlab)
+    assert json.loads(argv[-3]) == {"image": 32, "video": 1}  # vLLM's JSON form, as glmlab's limits
+    assert json.loads(argv[-1]) == {"video": {"num_frames": 16, "fps": 2.0}}  # glmlab's sampling
 
 
 def test_options_after_the_separator_replace_glmlab_s_own():
@@ -309,7 +313,7 @@ def test_dry_run_prints_the_vllm_command(exported):
         ).argv
     )
     assert "--lora-modules alpha=" in command and "--max-lora-rank 8" in command
-    assert '--max-model-len 8192 --limit-mm-per-prompt \'{"image": 32, "video": 0}\'' in command
+    assert '--max-model-len 8192 --limit-mm-per-prompt \'{"image": 32, "video": 1}\'' in command
 
 
 def test_dry_run_with_vllm_python_runs_vllm_s_module_from_that_python(tmp_path):
@@ -335,7 +339,8 @@ def test_dry_run_with_vllm_python_runs_vllm_s_module_from_that_python(tmp_path):
         "serve",
         "zai-org/GLM-4.6V-Flash",
     ]
-    assert argv[-4:] == ["--max-model-len", "auto", "--limit-mm-per-prompt", '{"image": 2, "video": 0}']
+    assert argv[-6:-2] == ["--max-model-len", "auto", "--limit-mm-per-prompt", '{"image": 2, "video": 1}']
+    assert argv[-2:] == ["--media-io-kwargs", '{"video": {"num_frames": 16, "fps": 2.0}}']
     assert "not installed" not in result.output  # vLLM lives in that other environment
 
 

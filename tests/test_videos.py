@@ -232,3 +232,82 @@ def test_the_server_refuses_video_paths_and_urls(server):
     bad = "data:video/mp4;base64," + base64.b64encode(b"\x00\x00\x00\x18ftypisom" + bytes(64)).decode()
     with pytest.raises(openai.BadRequestError, match="corrupt or truncated video"):
         client.chat.completions.create(model="tiny", messages=video_message(bad, "?"), **GREEDY)
+
+
+# ---- the server's video budgets ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def budget_client(served_vlm):
+    from fastapi.testclient import TestClient
+
+    from glmlab.serve import ServerSettings, create_app
+
+    settings = ServerSettings(
+        model="tiny",
+        max_images=6,
+        max_request_pixels=64 * 48 * 6,  # 6 frames of CLIP's size
+        max_videos=1,
+        video_fps=1.0,
+        video_max_frames=4,
+        max_input_pixels=4096 * 4096,
+    )
+    with TestClient(create_app(served_vlm, settings), base_url="http://localhost") as client:
+        yield client
+
+
+def video_body(*clips: bytes, question: str = "What?") -> dict:
+    parts = [{"type": "video_url", "video_url": {"url": videos.video_to_data_url(clip)}} for clip in clips]
+    return {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}],
+        "max_tokens": 2,
+        "temperature": 0,
+    }
+
+
+def test_the_server_samples_with_its_video_fps_and_max_frames(budget_client):
+    response = budget_client.post("/v1/chat/completions", json=video_body(CLIP))
+    assert response.status_code == 200, response.text
+    # 5 s at --video-fps 1 would be 5 frames; --video-max-frames 4 spreads 4 = 2 pairs of 4 tokens
+    assert response.json()["usage"]["prompt_tokens_details"]["video_tokens"] == 8
+
+
+def test_sampled_frames_count_in_the_request_image_and_pixel_budgets(budget_client, served_vlm):
+    long_clip = gray_clip(frames=30, fps=3, width=64, height=96)  # 10 s: 4 frames of twice the pixels
+    response = budget_client.post("/v1/chat/completions", json=video_body(long_clip))
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.endswith(
+        " (4 sampled frames): 24,576 decoded pixels would bring this request to 24,576, over the limit "
+        "of 18,432 (max_request_pixels); downscale the images or send fewer."
+    )
+    image = {"type": "image_url", "image_url": {"url": data_url_of(np.zeros((24, 32, 3), np.uint8))}}
+    body = video_body(CLIP)
+    body["messages"][0]["content"] = [image] * 3 + body["messages"][0]["content"]
+    response = budget_client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400  # 3 images, then the clip's 4 frames: 7 of 6
+    assert (
+        " (4 sampled frames): 4 image(s) would bring this request to 7 images, over the limit of 6 "
+        in (response.json()["error"]["message"])
+    )
+
+
+def test_more_videos_than_max_videos_are_refused_before_decoding(budget_client):
+    response = budget_client.post("/v1/chat/completions", json=video_body(CLIP, b"not even a video"))
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "the request holds 2 videos, more than this server takes in one request (1, "
+        "--max-videos); send them in separate requests.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "invalid_value",
+    }
+
+
+def data_url_of(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

@@ -370,6 +370,7 @@ async def _start_generation(
     memory, 429 after --max-queue-wait, 504 when the deadline passes in the queue.
     """
     settings = host.settings
+    _check_videos(request, settings)
     messages = await run_in_threadpool(
         request.glmlab_messages,
         allow_urls=settings.allow_urls,
@@ -378,6 +379,11 @@ async def _start_generation(
         max_input_pixels=settings.max_input_pixels,
         max_frames=settings.max_images,
         budget=ticket.images,  # released when the ticket closes, with the request
+        video_options={  # sampled frames count in the same budget as images
+            "fps": settings.video_fps,
+            "max_frames": settings.video_max_frames,
+            "budget": ticket.images,
+        },
     )
     prepared = await run_in_threadpool(
         partial(
@@ -396,6 +402,18 @@ async def _start_generation(
     ]
     await ticket.start_generation(rows, deadline)
     return [row.stream for row in rows]
+
+
+def _check_videos(request: schemas.ChatCompletionRequest, settings: ServerSettings) -> None:
+    count = request.video_count()
+    if count > settings.max_videos:
+        raise APIError(
+            400,
+            f"the request holds {count} videos, more than this server takes in one request "
+            f"({settings.max_videos}, --max-videos); send them in separate requests.",
+            code="invalid_value",
+            param="messages",
+        )
 
 
 def _choice_seed(seed: int | None, index: int) -> int | None:

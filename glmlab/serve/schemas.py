@@ -192,6 +192,15 @@ class ChatCompletionRequest(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def video_count(self) -> int:
+        """How many video_url parts the messages hold (counted before any is decoded)."""
+        return sum(
+            isinstance(part, VideoPart)
+            for message in self.messages
+            if isinstance(message.content, list)
+            for part in message.content
+        )
+
     def glmlab_messages(self, **image_options: Any) -> list[dict[str, Any]]:
         """The messages with every image decoded (`glmlab.images.to_pil`, with the server's limits).
 

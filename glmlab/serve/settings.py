@@ -24,6 +24,7 @@ from glmlab.images import DEFAULT_MAX_INPUT_PIXELS, MB
 from glmlab.loading import DEFAULT_MODEL, DTYPES, QUANTIZE
 from glmlab.settings import MIN_IMAGE_PIXELS
 from glmlab.urls import is_loopback_host
+from glmlab.videos import DEFAULT_FPS, TEMPORAL_PATCH_SIZE
 
 DTYPE_NAMES = ("auto", *DTYPES)  # glmlab.loading's choices, checked when the server starts
 QUANTIZE_NAMES = QUANTIZE
@@ -132,6 +133,24 @@ class ServerSettings:
         32,
         "Most images one request may hold (each PDF page and DICOM frame counts one); more: 400.",
         _at_least(1),
+    )
+    max_videos: int = _option(
+        1,
+        "Most videos (video_url parts) one request may hold; more: 400. Their sampled frames also count "
+        "in --max-images and --max-request-pixels.",
+        _at_least(0),
+    )
+    video_fps: float = _option(
+        DEFAULT_FPS,
+        "Frames sampled per second of a request's video (glmlab.videos: times 0, 1/fps, 2/fps, ...).",
+        _positive(),
+    )
+    video_max_frames: int = _option(
+        16,
+        "Most frames sampled from one video (spread evenly over a longer clip); each counts one image "
+        "against --max-images and its pixels against --max-request-pixels, checked from the container's "
+        "headers before decoding (16 frames of 720p fit the default pixel budget).",
+        _at_least(TEMPORAL_PATCH_SIZE),
     )
     max_request_pixels: int = _option(
         16 * 1024 * 1024,

@@ -3,7 +3,8 @@
 `vllm_command` turns `ServerSettings` into a `vllm serve` command line that starts: GLM-4.6V's
 reasoning and tool-call parsers (glm45); `--max-model-len` from max_model_len, else the longest context
 whose KV cache fits gpu_memory_gib (`vllm_memory`), else `auto` (vLLM fits it on its GPU); images per
-prompt from max_images in vLLM's JSON form (no video: glmlab's server takes none either); LoRA enabled
+prompt from max_images and videos from max_videos in vLLM's JSON form, each video sampled with video_fps
+and video_max_frames (`--media-io-kwargs`); LoRA enabled
 with every adapter as `--lora-modules name=path`, `--max-lora-rank` the smallest rank vLLM allows that
 fits the largest adapter (or max_lora_rank, DEFAULT_RUNTIME_LORA_RANK for run-time adapters only),
 `--enable-tower-connector-lora` when an adapter holds vision-block or merger modules (or the
@@ -114,7 +115,13 @@ def vllm_command(settings: ServerSettings, extra_args: Sequence[str] = ()) -> Vl
     lora, slots, rank = _lora_args(settings)
     argv += lora
     argv += ["--max-model-len", _max_model_len(settings, slots, rank)]
-    argv += ["--limit-mm-per-prompt", json.dumps({"image": settings.max_images, "video": 0})]
+    argv += [
+        "--limit-mm-per-prompt",
+        json.dumps({"image": settings.max_images, "video": settings.max_videos}),
+    ]
+    if settings.max_videos:  # vLLM samples video_url parts itself: the same fps and frame cap as glmlab's
+        media = {"video": {"num_frames": settings.video_max_frames, "fps": settings.video_fps}}
+        argv += ["--media-io-kwargs", json.dumps(media)]
     if settings.max_image_pixels:
         from glmlab.prompts import pixel_budget_size
 
