@@ -11,7 +11,7 @@ import warnings
 import pandas as pd
 import pytest
 from PIL import Image
-from support import scene, script
+from support import gray_clip, scene, script
 
 from glmlab.widgets import HISTORY_COLUMNS, PRESETS, VQAWidget, random_adapter
 from glmlab.widgets.backend import describe_error
@@ -190,6 +190,29 @@ def test_upload_of_a_pdf_and_a_dicom_gives_one_image_per_page_and_frame(widget, 
     assert [item.children[1].value for item in widget.preview.children] == widget.image_names
     widget.ask().join()
     assert widget.last_answer.usage.image_tokens > 16 * 2
+
+
+def test_an_uploaded_video_previews_four_of_its_sampled_frames_and_is_asked_about(widget, vlm):
+    clip = gray_clip()  # 5 s at 4 fps: glmlab samples 10 frames at 2 fps
+    upload(widget, ("clip.mp4", clip))
+    assert widget.images == [] and widget.video_names == ["clip.mp4"]
+    labels = [item.children[1].value for item in widget.preview.children]
+    assert labels == ["clip.mp4 0.0 s", "clip.mp4 1.5 s", "clip.mp4 3.0 s", "clip.mp4 4.5 s"]
+    assert widget.image_info.value == "video clip.mp4: 5.0 s, 10 frames sampled"
+    widget.ask().join()
+    expected = vlm.ask(clip, QUESTION, max_new_tokens=12, temperature=0, thinking=False)
+    assert widget.last_answer.raw == expected.raw
+    assert widget.last_answer.usage.video_tokens == expected.usage.video_tokens == 20
+    assert widget.history["images"].iloc[0] == "clip.mp4"
+
+
+def test_images_and_a_video_are_not_mixed(widget):
+    upload(widget, ("circle.png", png_bytes(scene())), ("clip.mp4", gray_clip()))
+    assert widget.image_names == ["circle.png"] and widget.videos == []
+    assert widget.error.value == (
+        '<span style="color:#b00020">⚠ clip.mp4: images are loaded; ask about images or a video, not '
+        "both (Clear first).</span>"
+    )
 
 
 def test_widget_keeps_working_after_an_error(widget):

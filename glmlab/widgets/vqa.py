@@ -1,6 +1,7 @@
 """`VQAWidget`: ask a GLM-V model about images from a notebook, built from standard ipywidgets 8 only.
 
-It is a front: images go through `glmlab.images.to_pil`, questions through `glmlab.prompts`, answers come
+It is a front: images go through `glmlab.images.to_pil`, videos through `glmlab.videos.load_video` (the
+preview shows a few of the sampled frames, with their times), questions through `glmlab.prompts`, answers come
 back as `glmlab.answer.Answer` from a local `VLM` or a server `Client` (see `backend`). With no custom
 front-end code it renders wherever ipywidgets 8 does: JupyterLab, Notebook 7, VS Code.
 
@@ -33,6 +34,7 @@ from glmlab import prompts
 from glmlab.answer import Answer, split_thinking, strip_box_tags
 from glmlab.errors import InputError
 from glmlab.images import to_pil
+from glmlab.videos import VIDEO_EXTENSIONS, Video, is_video, load_video
 from glmlab.widgets.backend import BASE, backend_for, describe_error
 from glmlab.widgets.history import History, timing_line
 from glmlab.widgets.presets import PRESETS
@@ -41,8 +43,10 @@ from glmlab.widgets.preview import numbered_names, thumbnail_png
 logger = logging.getLogger(__name__)
 
 ACCEPT = (
-    "image/*,.png,.jpg,.jpeg,.webp,.gif,.bmp,.tif,.tiff,.pdf,application/pdf,.dcm,.dicom,application/dicom"
+    "image/*,.png,.jpg,.jpeg,.webp,.gif,.bmp,.tif,.tiff,.pdf,application/pdf,.dcm,.dicom,application/dicom,"
+    "video/*," + ",".join(VIDEO_EXTENSIONS)
 )
+PREVIEW_FRAMES = 4  # sampled frames of a video shown in the preview (spread over the clip)
 UPDATE_INTERVAL_S = 0.1  # how often streamed text is pushed to the browser (each push is one message)
 
 
@@ -51,7 +55,7 @@ class Request:
     """One question as the controls stood when Ask was pressed (read on the kernel's thread)."""
 
     question: str
-    images: list[Image.Image]
+    images: list[Image.Image | Video]  # the images, or the videos (a prompt holds one kind)
     image_names: list[str]
     system: str
     earlier: list[dict[str, Any]]
@@ -94,6 +98,8 @@ class VQAWidget(widgets.VBox):
         self.model = model
         self.images: list[Image.Image] = []
         self.image_names: list[str] = []
+        self.videos: list[Video] = []  # sampled clips (images or videos, never both: one kind a prompt)
+        self.video_names: list[str] = []
         self.conversation: list[dict[str, Any]] = []  # earlier turns, kept in multi-turn mode
         self.last_answer: Answer | None = None
         self.last_error: BaseException | None = None
@@ -120,10 +126,10 @@ class VQAWidget(widgets.VBox):
 
     def _make_inputs(self, system: str, thinking: bool, multi_turn: bool) -> None:
         full = widgets.Layout(width="100%")
-        self.upload = widgets.FileUpload(accept=ACCEPT, multiple=True, description="Images 图片")
+        self.upload = widgets.FileUpload(accept=ACCEPT, multiple=True, description="Images/video 图片/视频")
         self.clear_images_button = widgets.Button(description="Clear images", icon="trash")
         self.preview = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
-        self.image_info = widgets.HTML("<i>No image: upload one, or ask without.</i>")
+        self.image_info = widgets.HTML("<i>No image or video: upload one, or ask without.</i>")
         self.presets = widgets.Dropdown(
             options=[("Preset prompts 预设提示…", "")] + PRESETS, value="", layout=full
         )
@@ -266,25 +272,47 @@ class VQAWidget(widgets.VBox):
         self.add_image(source, name)
 
     def add_image(self, source: Any, name: str | None = None) -> None:
-        """Add the images of `source` (a PDF adds its pages, a DICOM its frames). Bad input raises InputError.
+        """Add the images of `source` (a PDF adds its pages, a DICOM its frames), or a video (a path,
+        bytes, data:video/ URL or `glmlab.videos.Video`: sampled now, a few frames previewed). Bad
+        input raises InputError.
 
         name: the images' label in the preview and the history (default: the file name, else "image").
         """
         sources = source if isinstance(source, list | tuple) else [source]
         for item in sources:
-            loaded = to_pil(item, allow_urls=self.backend.allow_urls)
             is_path = isinstance(item, Path) or (isinstance(item, str) and not item.startswith("data:"))
-            label = name or (Path(item).name if is_path else "image")
-            self._add_images(loaded, numbered_names(label, len(loaded)))
+            label = name or (Path(item).name if is_path else "video" if is_video(item) else "image")
+            if is_video(item):
+                self._add_video(load_video(item), label)
+            else:
+                self._add_images(to_pil(item, allow_urls=self.backend.allow_urls), [label])
 
     def clear_images(self) -> None:
+        """Forget the images and videos."""
         self.images, self.image_names = [], []
+        self.videos, self.video_names = [], []
         self._images_sent = False
         self._show_preview()
 
     def _add_images(self, images: list[Image.Image], names: list[str]) -> None:
+        if len(images) > 1 and len(names) == 1:
+            names = numbered_names(names[0], len(images))
+        if self.videos:
+            raise InputError(
+                f"{names[0]}: a video is loaded; ask about images or a video, not both (Clear first)."
+            )
         self.images += images
         self.image_names += names
+        self._images_sent = False
+        self._show_preview()
+
+    def _add_video(self, video: Video, name: str) -> None:
+        if self.images:
+            raise InputError(
+                f"{name}: images are loaded; ask about images or a video, not both (Clear first)."
+            )
+        self.videos.append(video)
+        self.video_names.append(name)
         self._images_sent = False
         self._show_preview()
 
@@ -294,12 +322,14 @@ class VQAWidget(widgets.VBox):
         self.clear_images()
         problems = []
         for file in change["new"]:
+            content = bytes(file["content"])
             try:
-                loaded = to_pil(bytes(file["content"]))
+                if is_video(content):
+                    self._add_video(load_video(content), file["name"])
+                else:
+                    self._add_images(to_pil(content), [file["name"]])
             except Exception as error:  # shown on the error line; the good files are kept
                 problems.append(describe_error(error).replace("bytes input", file["name"], 1))
-                continue
-            self._add_images(loaded, numbered_names(file["name"], len(loaded)))
         self.upload.value = ()  # frees the uploaded bytes and lets the same file be picked again
         self._show_error(" ".join(problems))
 
@@ -311,6 +341,15 @@ class VQAWidget(widgets.VBox):
     def show_boxes(self, boxes: list[list[float]]) -> None:
         """Draw grounding boxes (0-1000 scale, as in `Answer.boxes`) on the first image's preview."""
         self._show_preview(boxes)
+
+    def _pictures(self) -> list[tuple[Image.Image, str]]:
+        """What the preview shows: each image, or a few sampled frames of each video with their times."""
+        pictures = list(zip(self.images, self.image_names, strict=True))
+        for video, name in zip(self.videos, self.video_names, strict=True):
+            frames, times = video.images(), video.timestamps
+            step = max(1, -(-len(frames) // PREVIEW_FRAMES))  # rounded up: at most PREVIEW_FRAMES shown
+            pictures += [(frames[i], f"{name} {times[i]:.1f} s") for i in range(0, len(frames), step)]
+        return pictures
 
     def _show_preview(self, boxes: list[list[float]] | None = None) -> None:
         old = self.preview.children
@@ -326,17 +365,21 @@ class VQAWidget(widgets.VBox):
                 ],
                 layout=widgets.Layout(margin="2px"),
             )
-            for index, (image, name) in enumerate(zip(self.images, self.image_names, strict=True))
+            for index, (image, name) in enumerate(self._pictures())
         ]  # (no Image.tooltip: ipywidgets 8.1's ImageView fails to render with one)
         for child in old:
             for part in (*child.children, child):
                 part.close()
         names = ", ".join(self.image_names)
-        self.image_info.value = (
-            f"{len(self.images)} image(s): {html.escape(names)}"
-            if self.images
-            else "<i>No image: upload one, or ask without.</i>"
-        )
+        if self.videos:
+            self.image_info.value = "; ".join(
+                f"video {html.escape(name)}: {video.info.duration_s:.1f} s, {len(video.indices)} frames sampled"
+                for video, name in zip(self.videos, self.video_names, strict=True)
+            )
+        elif self.images:
+            self.image_info.value = f"{len(self.images)} image(s): {html.escape(names)}"
+        else:
+            self.image_info.value = "<i>No image or video: upload one, or ask without.</i>"
 
     # ---- asking --------------------------------------------------------------------------------
 
@@ -382,8 +425,8 @@ class VQAWidget(widgets.VBox):
             options["max_thinking_tokens"] = self.thinking_budget.value
         return Request(
             question=self.question.value.strip(),
-            images=list(self.images) if attach else [],
-            image_names=list(self.image_names),
+            images=list(self.images or self.videos) if attach else [],
+            image_names=list(self.image_names or self.video_names),
             system=self.system.value.strip(),
             earlier=list(self.conversation) if multi_turn else [],
             adapter=self.adapter.value or BASE,
