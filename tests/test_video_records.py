@@ -99,3 +99,15 @@ def test_the_video_suite_asks_every_clip_and_keeps_a_frame_as_thumbnail(scripted
     assert run.samples["exact_match"].mean() == 0.25  # balanced directions
     wrong = {record["id"] + ".png" for record in records if record["answer"] != "left"}
     assert {path.name for path in (tmp_path / "thumbnails").iterdir()} == wrong  # a frame of each clip
+
+
+def test_the_memory_estimate_counts_a_clips_video_tokens_as_the_prompt_has_them(vlm):
+    from pathlib import Path
+
+    from glmlab.lora import LoraRecipe
+    from glmlab.lora.estimate import sample_shape
+
+    recipe = LoraRecipe.from_yaml(Path(__file__).resolve().parents[1] / "lora" / "video-shapes.yaml")
+    record = generate("moving-shapes", 1, recipe.data_seed, **recipe.data.options)[0]
+    answer = vlm.ask(record["video"], record["question"], max_new_tokens=1, thinking=False)
+    assert sample_shape(recipe).image_tokens == answer.usage.video_tokens == 8

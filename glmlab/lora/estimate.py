@@ -192,8 +192,7 @@ def sample_shape(recipe: LoraRecipe, samples: int = 8) -> SampleShape:
     records = generate(data.generator, samples, seed=recipe.data_seed, **data.options)
     image, prompt, answer = [], [], []
     for record in records:
-        width, height = record["image"].size
-        image.append(image_tokens(width, height, settings.max_image_pixels))
+        image.append(_media_tokens(record, settings.max_image_pixels))
         messages = to_messages(record)
         prompt.append(
             12
@@ -300,6 +299,22 @@ def _saved_module_params(recipe: LoraRecipe, shapes: ModelShapes) -> int:
         for name, i, o in shapes.linear_shapes
         if any(name == saved or name.endswith("." + saved) for saved in recipe.adapter.modules_to_save)
     )
+
+
+def _media_tokens(record: dict[str, Any], max_image_pixels: int) -> int:
+    """A generated record's image tokens, or its video's: per temporal pair of the frames `vlm.ask`
+    samples (glmlab.videos defaults), one token per 28x28 px of the frame rounded to 28 px a side (the
+    video processor neither upscales small frames nor, for the small clips of the generators, shrinks them)."""
+    if "video" not in record:
+        width, height = record["image"].size
+        return image_tokens(width, height, max_image_pixels)
+    from glmlab.videos import DEFAULT_FPS, DEFAULT_MAX_FRAMES, TEMPORAL_PATCH_SIZE, probe, sample_indices
+
+    info = probe(record["video"])
+    pairs = len(sample_indices(info, DEFAULT_FPS, DEFAULT_MAX_FRAMES)) // TEMPORAL_PATCH_SIZE
+    side = math.isqrt(TOKEN_PIXELS)
+    per_pair = max(1, round(info.width / side)) * max(1, round(info.height / side))
+    return pairs * min(per_pair, max_image_pixels // TOKEN_PIXELS)
 
 
 def image_tokens(width: int, height: int, max_image_pixels: int) -> int:
