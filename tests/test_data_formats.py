@@ -105,7 +105,7 @@ SHAREGPT_BAD = [  # (row, reason, message after "llava.json row N (id ...): ")
             "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}],
         },
         "missing_field",
-        "missing field 'image' (or 'images'): every record needs an image",
+        "missing field 'image' (or 'images', 'video', 'videos'): every record needs an image or a video",
     ),
     (
         {"id": "tool", "image": "a.png", "conversations": [{"from": "function_call", "value": "{}"}]},
