@@ -296,13 +296,18 @@ def _from_string(text: str, opts: ImageOptions) -> list[Image.Image]:
 
 
 def _decode_data_url(url: str) -> bytes:
+    return decode_data_url(url, describe(url), "data:image/png;base64,...")
+
+
+def decode_data_url(url: str, name: str, example: str) -> bytes:
+    """The bytes of a base64 `data:` URL (images' and videos'); InputError naming `name` otherwise."""
     header, sep, payload = url.partition(",")
     if not sep or ";base64" not in header:
-        raise InputError(f"{describe(url)}: not a base64 data URL; expected 'data:image/png;base64,...'.")
+        raise InputError(f"{name}: not a base64 data URL; expected '{example}'.")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise InputError(f"{describe(url)}: invalid base64 in data URL ({error}).") from None
+        raise InputError(f"{name}: invalid base64 in data URL ({error}).") from None
 
 
 def _from_path(path: Path, opts: ImageOptions) -> list[Image.Image]:

@@ -19,7 +19,6 @@ only door, as `glmlab.images.to_pil` is for images:
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import math
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from glmlab.errors import InputError
+from glmlab.images import decode_data_url
 
 SUPPORTED_VIDEOS = "MP4, MOV, WebM, MKV, AVI"
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi")
@@ -261,13 +261,7 @@ def _capped(data: bytes, name: str, opts: VideoOptions) -> bytes:
 
 
 def _decode_data_url(url: str, name: str) -> bytes:
-    header, sep, payload = url.partition(",")
-    if not sep or ";base64" not in header:
-        raise InputError(f"{name}: not a base64 data URL; expected 'data:video/mp4;base64,...'.")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise InputError(f"{name}: invalid base64 in data URL ({error}).") from None
+    return decode_data_url(url, name, "data:video/mp4;base64,...")
 
 
 def sniff_container(head: bytes) -> str | None:
