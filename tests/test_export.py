@@ -61,7 +61,8 @@ def test_vllm_export_drops_the_vision_qkv_vllm_ignores_with_a_warning_naming_it(
     assert "--enable-tower-connector-lora" not in manifest["vllm_serve"]
     assert manifest["vllm_serve"].endswith(
         f"--max-lora-rank 8 --max-loras 1 --lora-modules seeing={exported.path} --max-model-len auto "
-        """--limit-mm-per-prompt '{"image": 32, "video": 0}'"""
+        """--limit-mm-per-prompt '{"image": 32, "video": 1}' """
+        """--media-io-kwargs '{"video": {"num_frames": 16, "fps": 2.0}}'"""
     )
 
 
