@@ -429,10 +429,10 @@ class RemoteStream:
                     continue
                 if self._failures:
                     logger.warning(
-                        "%s; %s answered with model %r",
+                        "%s; using the fallback %r at %s",
                         _failure_line(*self._failures[-1]),
-                        endpoint.url,
                         model,
+                        endpoint.url,
                     )
                 self._index, self.model, self.endpoint = index, model, endpoint.url
                 return response
