@@ -552,8 +552,14 @@ def _worth_another_try(error: Exception) -> bool:
     return status is not None and (status >= 500 or status in (404, 429))
 
 
-def _is_tls_failure(error: Exception) -> bool:
-    return isinstance(error, ssl.SSLError) or isinstance(error.__cause__, ssl.SSLError)
+def _is_tls_failure(error: BaseException | None) -> bool:
+    """Whether an ssl error (a certificate that did not verify) is anywhere in the chain of causes."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, ssl.SSLError):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
 
 
 def _failure_line(endpoint: Endpoint, error: Exception) -> str:
