@@ -22,6 +22,7 @@ _LAZY = {
     "DEFAULT_MODEL": "glmlab.loading",
     "VLM": "glmlab.model",
     "Client": "glmlab.client",
+    "Endpoint": "glmlab.client",
     "load_video": "glmlab.videos",
 }
 __all__ = [

@@ -78,6 +78,7 @@ class Answer:
     timing: Timing = field(default_factory=Timing)
     finish_reason: str = "stop"  # "stop" | "length" | "error" (batch items that failed)
     model: str | None = None
+    endpoint: str | None = None  # glmlab.Client: the base URL of the server that answered (failover)
     error: str | None = None
     parsed: Any = None  # with a schema (glmlab.structured): the parsed answer, None if it did not parse
     thinking_truncated: bool = False  # max_thinking_tokens ended the thinking

@@ -42,14 +42,14 @@ def serve_command(ctx: typer.Context, engine: str, dry_run: bool, **values: Any)
         _warn_vllm_only(settings)
         if dry_run:
             typer.echo(
-                f"glmlab would serve {settings.model!r} on http://{settings.host}:{settings.port}/v1 with "
+                f"glmlab would serve {settings.model!r} on {settings.scheme}://{settings.host}:{settings.port}/v1 with "
                 f"adapters {list(settings.adapters) or 'none'}."
             )
             return
         from glmlab.serve import serve
 
         quiet_transformers()
-        address = f"http://{settings.host}:{settings.port}"
+        address = f"{settings.scheme}://{settings.host}:{settings.port}"
         typer.echo(
             f"loading {settings.model!r} in the background; GET {address}/health says when it is ready; "
             f"the chat page is {address}/",

@@ -23,17 +23,36 @@ from glmlab.serve.settings import ServerSettings
 def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
     """Run the server until interrupted. The model loads in the background; /health says when it is ready."""
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+        **settings.uvicorn_tls(),
+    )
 
 
 class ServerThread:
-    """A uvicorn server in a daemon thread; `url` is its OpenAI base URL (ending in /v1)."""
+    """A uvicorn server in a daemon thread; `url` is its OpenAI base URL (ending in /v1).
+
+    tls: uvicorn's ssl_certfile and ssl_keyfile (`ServerSettings.uvicorn_tls`): then `url` is https.
+    """
 
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_level: str = "warning",
+        tls: dict[str, str] | None = None,
     ) -> None:
         self.app = app
-        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+        self.scheme = "https" if tls else "http"
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2, **(tls or {})
+        )
         self.server = uvicorn.Server(config)
         self.host = host
         self.port = port
@@ -51,7 +70,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return f"{self.scheme}://{self.host}:{self.port}/v1"
 
     def wait_ready(self, timeout_s: float = 600.0) -> ServerThread:
         """Block until the model has loaded (or failed to: then raise its error)."""
@@ -94,7 +113,7 @@ def start(
     app = create_app(source, settings)
     used = app.state.host.settings
     chosen_port = port if port is not None else (given.port if given else 0)
-    server = ServerThread(app, used.host, chosen_port).start()
+    server = ServerThread(app, used.host, chosen_port, tls=used.uvicorn_tls()).start()
     if not wait:
         return server
     try:

@@ -94,6 +94,15 @@ class ServerSettings:
         "Port to listen on (0: any free port).",
         Check(lambda value: is_int(value) and 0 <= value <= 65535, "between 0 and 65535"),
     )
+    ssl_certfile: str | None = _option(
+        None,
+        "Serve HTTPS with this PEM certificate (chain) file, with --ssl-keyfile (uvicorn's TLS); "
+        "clients then verify it (glmlab.Client's ca_bundle for a private CA).",
+        metavar="FILE",
+    )
+    ssl_keyfile: str | None = _option(
+        None, "The PEM private key of --ssl-certfile (both or neither).", metavar="FILE"
+    )
     api_key: str | None = _option(
         None, f"Require 'Authorization: Bearer KEY' on all routes but /health (env {API_KEY_ENV})."
     )
@@ -340,6 +349,33 @@ class ServerSettings:
                 "ServerSettings.allow_private_urls=True: only has a meaning with allow_urls=True."
             )
         self._check_auth()
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        """Both TLS files or neither, each readable: a typo should fail here, not at uvicorn's start."""
+        given = {"ssl_certfile": self.ssl_certfile, "ssl_keyfile": self.ssl_keyfile}
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            missing = next(name for name, value in given.items() if value is None)
+            raise ConfigError(
+                f"ServerSettings.{missing} is unset: HTTPS needs both --ssl-certfile and --ssl-keyfile."
+            )
+        for name, value in given.items():
+            if value is not None and not Path(value).expanduser().is_file():
+                raise ConfigError(f"ServerSettings.{name}={value!r}: no such file; give a PEM file's path.")
+
+    @property
+    def scheme(self) -> str:
+        """'https' with a certificate, else 'http'."""
+        return "https" if self.ssl_certfile else "http"
+
+    def uvicorn_tls(self) -> dict[str, str]:
+        """uvicorn's keyword arguments for TLS (none without a certificate)."""
+        if self.ssl_certfile is None or self.ssl_keyfile is None:
+            return {}
+        return {
+            "ssl_certfile": str(Path(self.ssl_certfile).expanduser()),
+            "ssl_keyfile": str(Path(self.ssl_keyfile).expanduser()),
+        }
 
     def extra_problems(self) -> list[tuple[str, str]]:
         """Checks that span fields (glmlab.config.problems calls this)."""
