@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ def node_inputs(url: str, **overrides) -> dict:
         "temperature": 0.0,
         "timeout_s": 60.0,
         "thinking": False,
+        "fallback_url": "",
+        "fallback_model": "",
+        "on_failure": "raise",
+        "failure_message": "Vision model unavailable.",
         **overrides,
     }
 
@@ -63,6 +68,9 @@ def test_the_folder_defines_comfyuis_mappings(nodes):
     assert required["image"] == ("IMAGE",) and required["prompt"][1]["multiline"] is True
     assert required["server_url"][1]["default"] == "http://localhost:8080/v1"
     assert (node.RETURN_TYPES, node.OUTPUT_IS_LIST) == (("STRING",), (True,))
+    optional = node.INPUT_TYPES()["optional"]  # optional: workflows saved before them still load
+    assert optional["on_failure"] == (["raise", "message"], {"default": "raise"})
+    assert optional["fallback_url"][1]["default"] == optional["fallback_model"][1]["default"] == ""
     readme = (FOLDER / "README.md").read_text()
     assert readme.count("custom_nodes") >= 1
     assert "GLMLAB_API_KEY" in readme and "GLMLAB_TRUSTED_HOSTS" in readme
@@ -157,3 +165,92 @@ def test_a_server_not_on_loopback_gets_the_key_only_once_trusted(
     assert answers == [
         served_vlm.ask(to_pil(image)[0], "What is in the picture?", adapter=None, **options).text
     ]
+
+
+# ---- failover, the friendly message and the timeout ----------------------------------------------
+
+OPTIONS = {"thinking": False, "max_new_tokens": 6, "temperature": 0, "cache": False}
+
+
+@pytest.fixture(scope="module")
+def stopped_url(served_vlm):
+    """The URL of a glmlab server that was started on the tiny model and has stopped since."""
+    from glmlab.serve import ServerSettings, start
+
+    with start(served_vlm, ServerSettings(model="tiny", api_key=API_KEY, port=0)) as running:
+        url = running.url
+    return url
+
+
+@pytest.fixture
+def silent_url():
+    """A loopback port that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+
+
+def expected(served_vlm, images, adapter):
+    question = "What is in the picture?"
+    return [served_vlm.ask(picture, question, adapter=adapter, **OPTIONS).text for picture in to_pil(images)]
+
+
+def test_a_stopped_server_fails_over_to_the_fallback_endpoint_and_model(
+    nodes, stopped_url, server, served_vlm, caplog
+):
+    images = torch.rand(2, 32, 48, 3)
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    inputs = node_inputs(stopped_url, model="beta", fallback_url=server.url, fallback_model="alpha")
+    started = time.monotonic()
+    (answers,) = node.answer(images, **inputs)
+    assert answers == expected(served_vlm, images, "alpha") != expected(served_vlm, images, "beta")
+    assert time.monotonic() - started < 30  # no retries of the stopped server before failing over
+    assert f"{stopped_url}: could not connect" in caplog.text and "asking the fallback" in caplog.text
+
+
+def test_a_missing_model_falls_back_to_the_fallback_model_on_the_same_server(nodes, server, served_vlm):
+    images = torch.rand(1, 32, 32, 3)
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    (answers,) = node.answer(images, **node_inputs(server.url, model="retired", fallback_model="alpha"))
+    assert answers == expected(served_vlm, images, "alpha")
+
+
+def test_when_the_fallback_fails_too_the_error_names_both_servers(nodes, stopped_url, server):
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    inputs = node_inputs(stopped_url, fallback_url=server.url, fallback_model="retired")
+    with pytest.raises(ServerError) as failed:
+        node.answer(torch.rand(1, 32, 32, 3), **inputs)
+    message = str(failed.value)
+    assert message.startswith(f"{server.url}: the server answered 404: model 'retired' does not exist")
+    assert f"(Before that: {stopped_url}: could not connect" in message
+    assert failed.value.status == 404
+
+
+def test_on_failure_message_answers_each_image_with_the_friendly_message(nodes, stopped_url, caplog):
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    inputs = node_inputs(stopped_url, on_failure="message", fallback_url=stopped_url)
+    (answers,) = node.answer(torch.rand(2, 32, 32, 3), **inputs)
+    assert answers == ["Vision model unavailable.", "Vision model unavailable."]
+    assert "answered with its failure message" in caplog.text and "could not connect" in caplog.text
+
+
+def test_the_default_still_raises_and_a_bad_on_failure_is_named(nodes, stopped_url):
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    image = torch.rand(1, 32, 32, 3)
+    minimal = {k: v for k, v in node_inputs(stopped_url).items() if k not in node.INPUT_TYPES()["optional"]}
+    with pytest.raises(ServerError, match="could not connect"):
+        node.answer(image, **minimal)  # a workflow saved before the optional inputs existed
+    with pytest.raises(ValueError, match="on_failure='ignore': use one of raise, message"):
+        node.answer(image, **node_inputs(stopped_url, on_failure="ignore"))
+
+
+def test_a_server_that_never_answers_fails_over_after_timeout_s(nodes, silent_url, server, served_vlm):
+    images = torch.rand(1, 32, 32, 3)
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    started = time.monotonic()
+    with pytest.raises(ServerError, match=rf"^{silent_url}: no answer within 1 s"):
+        node.answer(images, **node_inputs(silent_url, timeout_s=1.0, fallback_url=silent_url))
+    assert 2.0 <= time.monotonic() - started < 10  # one second each: no retries
+    (answers,) = node.answer(images, **node_inputs(silent_url, timeout_s=1.0, fallback_url=server.url))
+    assert answers == expected(served_vlm, images, "alpha")
