@@ -24,6 +24,22 @@ def glmlab_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+# The GPU benchmark's model sizes (eval/bench/common.py): big enough that the memory is the model's
+BENCH_TEXT = dict(
+    hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1536
+)
+BENCH_VISION = dict(depth=4, hidden_size=256, num_heads=4, intermediate_size=768)
+
+
+@pytest.fixture(scope="session")
+def bench_path(glmlab_home: Path) -> Path:
+    """A random-weight checkpoint of the benchmark's sizes (186 M params, mostly the 151,552-token
+    embeddings and lm_head), built once per session."""
+    from glmlab import tiny
+
+    return tiny.build(glmlab_home / "bench-like", text=BENCH_TEXT, vision=BENCH_VISION)
+
+
 @pytest.fixture(scope="session")
 def tiny_path(glmlab_home: Path) -> Path:
     from glmlab import tiny

@@ -5,16 +5,21 @@ shapes of the adapted modules are exact for any Glm4v config. Without a config, 
 GLM-4.6V-Flash's, shipped in the package (`glmlab.reference.glm46v_flash_config`). The formulas (stated in lora/README.md):
 
 memory = weights + adapter states + activations + logits + vision + overhead
-- weights: 2 bytes/param in bf16; with QLoRA the text decoder's linear layers take NF4_BYTES/param
-  (4-bit codes plus double-quantised block scales) while embeddings, lm_head and vision stay bf16.
+- element size: 2 bytes in bf16/fp16, 4 in fp32, and 4 with QLoRA: peft's
+  prepare_model_for_kbit_training (which glmlab.lora.training calls) upcasts every weight that is not
+  4-bit to fp32, so the embeddings' output, hence the residual stream and every activation, is fp32.
+- weights: total params x element size; with QLoRA the text decoder's linear layers take NF4_BYTES/param
+  (4-bit codes plus double-quantised block scales) while embeddings, norms, lm_head and vision are fp32.
 - adapter states: every trainable param (LoRA A/B, modules_to_save) holds an fp32 copy, an fp32
   gradient and two fp32 AdamW moments: 16 bytes. The frozen base has no gradients or moments.
-- activations per token and decoder layer, saved for backward (bf16): frozen linear layers keep no
-  input, so what remains is the four RMSNorm inputs, the normed inputs the LoRA A matrices read,
-  q/k/v and the attention output, and the SwiGLU tensors: 8h + 2*kv + 4*I elements, plus the LoRA
-  dropout copies and masks ((5h + I) x 3 bytes) when dropout > 0. With gradient checkpointing only
+- activations per token and decoder layer, saved for backward: frozen linear layers keep no input, so
+  what remains is the four RMSNorm inputs and normed values, the normed inputs the LoRA A matrices
+  read, q/k/v and the attention output, and the SwiGLU tensors: 9h + 2*kv + 4*I elements (counted
+  with PyTorch's saved-tensor hooks on the bench model), plus the LoRA dropout copies and their
+  one-byte masks ((5h + I) x (element + 1) bytes) when dropout > 0. With gradient checkpointing only
   each layer's input (h) is kept, and one layer is recomputed at a time.
-- logits: only the answer tokens get logits (glmlab's loss), vocab x (bf16 + fp32 copy + fp32 grad).
+- logits: only the answer tokens get logits (glmlab's loss), vocab x (the logits + an fp32 copy
+  when they are not fp32 + cross-entropy's fp32 log-softmax + the fp32 gradient).
 - vision: frozen, so only one block's forward is alive at a time (patches = 4 per image token).
 - overhead: CUDA context and allocator slack, OVERHEAD_GIB.
 
@@ -214,22 +219,21 @@ def estimate_memory(
     batch_size, hardware = recipe.optimizer.batch_size, recipe.hardware
     tokens = batch_size * sample.tokens
     trainable = lora_parameter_count(recipe, shapes) + _saved_module_params(recipe, shapes)
+    element = element_bytes(hardware)
+    weights = shapes.total_params * element
     if hardware.quantize_4bit:
-        weights = (
-            shapes.text_linear_params * NF4_BYTES + (shapes.total_params - shapes.text_linear_params) * 2
-        )
-    else:
-        weights = shapes.total_params * (4 if hardware.precision == "fp32" else BF16_BYTES)
-    per_layer = (8 * shapes.hidden + 2 * shapes.kv_dim + 4 * shapes.intermediate) * BF16_BYTES
+        weights -= shapes.text_linear_params * (element - NF4_BYTES)
+    per_layer = (9 * shapes.hidden + 2 * shapes.kv_dim + 4 * shapes.intermediate) * element
     if recipe.adapter.dropout > 0:
-        per_layer += (5 * shapes.hidden + shapes.intermediate) * 3
+        per_layer += (5 * shapes.hidden + shapes.intermediate) * (element + 1)
     if hardware.gradient_checkpointing:
-        activations = tokens * (shapes.layers * shapes.hidden * BF16_BYTES + per_layer)
+        activations = tokens * (shapes.layers * shapes.hidden * element + per_layer)
     else:
         activations = tokens * shapes.layers * per_layer
-    logits = batch_size * sample.answer_tokens * shapes.vocab * (2 + 4 + 4)
+    fp32_copy = 0 if element == 4 else 4
+    logits = batch_size * sample.answer_tokens * shapes.vocab * (element + fp32_copy + 4 + 4)
     patches = batch_size * 4 * sample.image_tokens
-    vision = patches * (4 * shapes.vision_hidden + 3 * shapes.vision_intermediate) * BF16_BYTES
+    vision = patches * (4 * shapes.vision_hidden + 3 * shapes.vision_intermediate) * element
     return MemoryEstimate(
         weights_gib=weights / GIB,
         adapter_gib=trainable * ADAPTER_BYTES_PER_PARAM / GIB,
@@ -240,6 +244,12 @@ def estimate_memory(
         trainable_params=trainable,
         tokens_per_micro_batch=tokens,
     )
+
+
+def element_bytes(hardware: Any) -> int:
+    """Bytes per unquantised weight and per activation: 4 in fp32 and with QLoRA (peft's
+    prepare_model_for_kbit_training upcasts every non-4-bit weight to fp32), else 2."""
+    return 4 if hardware.quantize_4bit or hardware.precision == "fp32" else BF16_BYTES
 
 
 def estimate_time(
