@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,6 +193,31 @@ def silent_url():
         yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
 
 
+@pytest.fixture
+def trickling_url():
+    """A loopback server that streams an OpenAI answer one piece every 0.3 s, for as long as it is read."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    piece = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+    piece["choices"] = [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]
+
+    def serve() -> None:
+        with listener:
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(1 << 20)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+                try:
+                    for _ in range(100):
+                        connection.sendall(f"data: {json.dumps(piece)}\n\n".encode())
+                        time.sleep(0.3)
+                except OSError:  # the node hung up
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+
+
 def expected(served_vlm, images, adapter):
     question = "What is in the picture?"
     return [served_vlm.ask(picture, question, adapter=adapter, **OPTIONS).text for picture in to_pil(images)]
@@ -254,3 +281,11 @@ def test_a_server_that_never_answers_fails_over_after_timeout_s(nodes, silent_ur
     assert 2.0 <= time.monotonic() - started < 10  # one second each: no retries
     (answers,) = node.answer(images, **node_inputs(silent_url, timeout_s=1.0, fallback_url=server.url))
     assert answers == expected(served_vlm, images, "alpha")
+
+
+def test_timeout_s_bounds_the_whole_answer_not_each_read(nodes, trickling_url):
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    started = time.monotonic()
+    with pytest.raises(ServerError, match=rf"^{trickling_url}: no full answer within 1\.5 s; raise"):
+        node.answer(torch.rand(1, 32, 32, 3), **node_inputs(trickling_url, timeout_s=1.5))
+    assert 1.5 <= time.monotonic() - started < 5  # each piece came within the read timeout

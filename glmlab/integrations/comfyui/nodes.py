@@ -169,9 +169,10 @@ class Target:
         deadline = time.monotonic() + self.timeout_s
         try:
             stream = self.client.stream(picture, prompt, **options)
-            for _ in stream:  # each read also times out after timeout_s (the client's timeout)
+            pieces = iter(stream)
+            for _ in pieces:  # each read also times out after timeout_s (the client's timeout)
                 if time.monotonic() > deadline:
-                    stream.stop()
+                    pieces.close()  # hangs up: the server stops generating
                     url = self.client.base_url
                     raise ServerError(
                         f"{url}: no full answer within {self.timeout_s:g} s; raise the node's timeout_s "
