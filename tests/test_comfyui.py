@@ -233,7 +233,7 @@ def test_a_stopped_server_fails_over_to_the_fallback_endpoint_and_model(
     (answers,) = node.answer(images, **inputs)
     assert answers == expected(served_vlm, images, "alpha") != expected(served_vlm, images, "beta")
     assert time.monotonic() - started < 30  # no retries of the stopped server before failing over
-    assert f"{stopped_url}: could not connect" in caplog.text and "asking the fallback" in caplog.text
+    assert f"{stopped_url} APIConnectionError; using the fallback 'alpha' at {server.url}" in caplog.text
 
 
 def test_a_missing_model_falls_back_to_the_fallback_model_on_the_same_server(nodes, server, served_vlm):
@@ -248,10 +248,11 @@ def test_when_the_fallback_fails_too_the_error_names_both_servers(nodes, stopped
     inputs = node_inputs(stopped_url, fallback_url=server.url, fallback_model="retired")
     with pytest.raises(ServerError) as failed:
         node.answer(torch.rand(1, 32, 32, 3), **inputs)
-    message = str(failed.value)
-    assert message.startswith(f"{server.url}: the server answered 404: model 'retired' does not exist")
-    assert f"(Before that: {stopped_url}: could not connect" in message
+    assert str(failed.value) == (
+        f"every endpoint failed: {stopped_url} APIConnectionError; {server.url} (retired) answered 404"
+    )
     assert failed.value.status == 404
+    assert failed.value.server_message.startswith("model 'retired' does not exist; this server has: tiny,")
 
 
 def test_on_failure_message_answers_each_image_with_the_friendly_message(nodes, stopped_url, caplog):
@@ -259,7 +260,7 @@ def test_on_failure_message_answers_each_image_with_the_friendly_message(nodes, 
     inputs = node_inputs(stopped_url, on_failure="message", fallback_url=stopped_url)
     (answers,) = node.answer(torch.rand(2, 32, 32, 3), **inputs)
     assert answers == ["Vision model unavailable.", "Vision model unavailable."]
-    assert "answered with its failure message" in caplog.text and "could not connect" in caplog.text
+    assert "answered with its failure message: every endpoint failed" in caplog.text
 
 
 def test_the_default_still_raises_and_a_bad_on_failure_is_named(nodes, stopped_url):
@@ -276,16 +277,18 @@ def test_a_server_that_never_answers_fails_over_after_timeout_s(nodes, silent_ur
     images = torch.rand(1, 32, 32, 3)
     node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
     started = time.monotonic()
-    with pytest.raises(ServerError, match=rf"^{silent_url}: no answer within 1 s"):
+    with pytest.raises(ServerError, match=rf"^{silent_url}: no answer within the call's deadline of 2 s"):
         node.answer(images, **node_inputs(silent_url, timeout_s=1.0, fallback_url=silent_url))
-    assert 2.0 <= time.monotonic() - started < 10  # one second each: no retries
-    (answers,) = node.answer(images, **node_inputs(silent_url, timeout_s=1.0, fallback_url=server.url))
+    assert 2.0 <= time.monotonic() - started < 5  # timeout_s per server, retries included
+    (answers,) = node.answer(images, **node_inputs(silent_url, timeout_s=5.0, fallback_url=server.url))
     assert answers == expected(served_vlm, images, "alpha")
 
 
 def test_timeout_s_bounds_the_whole_answer_not_each_read(nodes, trickling_url):
     node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
     started = time.monotonic()
-    with pytest.raises(ServerError, match=rf"^{trickling_url}: no full answer within 1\.5 s; raise"):
+    with pytest.raises(
+        ServerError, match=rf"^{trickling_url}: no answer within the call's deadline of 1\.5 s"
+    ):
         node.answer(torch.rand(1, 32, 32, 3), **node_inputs(trickling_url, timeout_s=1.5))
     assert 1.5 <= time.monotonic() - started < 5  # each piece came within the read timeout

@@ -7,10 +7,11 @@ answer. A failure raises (ComfyUI shows it on the node) instead of sending a str
 "Error: 500" downstream as if it were an answer, unless the workflow asks for a friendly message.
 
 Deployment advice for a public service: a fallback model or endpoint, a friendly message when a call
-fails, and a clear timeout. So a failed call (no connection, an error status, no answer in time) is
-asked again of the fallback (fallback_url and/or fallback_model); if that fails too, the node raises
-or, with on_failure="message", answers that image with failure_message (the error goes to the log).
-timeout_s bounds one answer from one server as a whole, not each read of it.
+fails, and a clear timeout. So a failed call (no connection, a 5xx, 429 or 404, no first token in
+time) goes to the fallback (fallback_url and/or fallback_model), by `Client`'s own failover; if that
+fails too, the node raises or, with on_failure="message", answers that image with failure_message (the
+error goes to the log). timeout_s is each server's share of the call's deadline, so one answer takes
+at most timeout_s per server, reads and retries included.
 
 The API key is never a node input (ComfyUI saves inputs into workflow JSON and PNG metadata, which
 people share): it comes from the GLMLAB_API_KEY environment variable, and goes only to a server on
@@ -23,12 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from typing import Any
 
 import httpx
 
-from glmlab.client import NO_API_KEY, Client, ServerError, normalise_base_url
+from glmlab.client import NO_API_KEY, Client, Endpoint, ServerError, normalise_base_url
 from glmlab.images import to_pil
 from glmlab.urls import is_loopback_host
 
@@ -134,87 +134,50 @@ class GLMVisualQA:
         """
         if on_failure not in ON_FAILURE:
             raise ValueError(f"on_failure={on_failure!r}: use one of {', '.join(ON_FAILURE)}.")
-        has_fallback = bool(fallback_url.strip() or fallback_model.strip())
-        # With a fallback, fail over at once instead of retrying the failed server first.
-        targets = [Target(server_url, model, timeout_s, retries=0 if has_fallback else 2)]
-        if has_fallback:
-            targets.append(
-                Target(fallback_url.strip() or server_url, fallback_model.strip() or model, timeout_s)
-            )
+        client = node_client(server_url, model, timeout_s, fallback_url.strip(), fallback_model.strip())
         options = {"thinking": thinking, "max_new_tokens": max_tokens, "temperature": temperature}
         answers = []
         for picture in to_pil(image):
             try:
-                answers.append(first_answer(targets, picture, prompt, options))
+                answers.append(client.ask(picture, prompt, **options).text)
             except ServerError as error:
                 if on_failure == "raise":
-                    raise
+                    raise explain_401(error) from None
                 logger.warning("GLM Visual QA answered with its failure message: %s", error)
                 answers.append(failure_message)
         return (answers,)
 
 
-class Target:
-    """One server and model the node may ask, with the node's key rule and whole-answer timeout."""
-
-    def __init__(self, url: str, model: str, timeout_s: float, retries: int = 2) -> None:
-        self.key = api_key_for(url)
-        self.timeout_s = timeout_s
-        self.client = Client(
-            url, api_key=self.key or NO_API_KEY, model=model or None, timeout=timeout_s, retries=retries
-        )
-
-    def ask(self, picture: Any, prompt: str, options: dict[str, Any]) -> str:
-        """The answer text; ServerError when it fails or is not complete within timeout_s."""
-        deadline = time.monotonic() + self.timeout_s
-        try:
-            stream = self.client.stream(picture, prompt, **options)
-            pieces = iter(stream)
-            for _ in pieces:  # each read also times out after timeout_s (the client's timeout)
-                if time.monotonic() > deadline:
-                    pieces.close()  # hangs up: the server stops generating
-                    url = self.client.base_url
-                    raise ServerError(
-                        f"{url}: no full answer within {self.timeout_s:g} s; raise the node's timeout_s "
-                        "or ask for fewer tokens (max_tokens).",
-                        url=url,
-                    )
-            return stream.answer.text
-        except ServerError as error:
-            raise self.explain(error) from None
-
-    def explain(self, error: ServerError) -> ServerError:
-        """A 401 from a host the key was withheld from says how to trust that host."""
-        if error.status != 401 or self.key is not None or not os.environ.get(API_KEY_ENV):
-            return error
-        host = httpx.URL(self.client.base_url).host
-        return ServerError(
-            f"{error} The node sends {API_KEY_ENV} only to servers on loopback and on hosts listed "
-            f"in {TRUSTED_HOSTS_ENV}; add {host} there if you trust it.",
-            url=error.url,
-            status=error.status,
-            server_message=error.server_message,
-            code=error.code,
-        )
+def node_client(
+    server_url: str, model: str, timeout_s: float, fallback_url: str, fallback_model: str
+) -> Client:
+    """A Client of server_url, failing over to the fallback (when one is set), each server given
+    timeout_s for its answer: the call's deadline is timeout_s per server. Each server gets the key
+    only by the loopback / trusted-host rule."""
+    fallbacks = []
+    if fallback_url or fallback_model:
+        url = fallback_url or server_url
+        fallbacks.append(Endpoint(url, fallback_model or model or None, api_key_for(url) or NO_API_KEY))
+    return Client(
+        server_url,
+        api_key=api_key_for(server_url) or NO_API_KEY,
+        model=model or None,
+        timeout=timeout_s,
+        fallbacks=fallbacks,
+        deadline=timeout_s * (1 + len(fallbacks)),
+    )
 
 
-def first_answer(targets: list[Target], picture: Any, prompt: str, options: dict[str, Any]) -> str:
-    """The first target's answer that comes; the last one's error (naming the earlier) if none does."""
-    failures: list[str] = []
-    for target in targets:
-        try:
-            return target.ask(picture, prompt, options)
-        except ServerError as error:
-            if target is targets[-1]:
-                if not failures:
-                    raise
-                raise ServerError(
-                    f"{error} (Before that: {'; '.join(failures)})",
-                    url=error.url,
-                    status=error.status,
-                    server_message=error.server_message,
-                    code=error.code,
-                ) from None
-            logger.warning("GLM Visual QA: %s; asking the fallback", error)
-            failures.append(str(error))
-    raise AssertionError("no targets")  # unreachable: answer() always passes at least one
+def explain_401(error: ServerError) -> ServerError:
+    """A 401 from a host the key was withheld from says how to trust that host."""
+    if error.status != 401 or not os.environ.get(API_KEY_ENV) or api_key_for(error.url) is not None:
+        return error
+    host = httpx.URL(error.url).host
+    return ServerError(
+        f"{error} The node sends {API_KEY_ENV} only to servers on loopback and on hosts listed "
+        f"in {TRUSTED_HOSTS_ENV}; add {host} there if you trust it.",
+        url=error.url,
+        status=error.status,
+        server_message=error.server_message,
+        code=error.code,
+    )
