@@ -152,3 +152,30 @@ def scripted(tiny_path):
             parameter.zero_()  # every layer adds 0 to the residual stream: hidden = embedding
         model.model.model.language_model.norm.weight.fill_(1.0)
     return model
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA (trustme) and a certificate for 127.0.0.1 it signed, as PEM files in a folder."""
+    import trustme
+
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    leaf.private_key_pem.write_to_path(str(folder / "key.pem"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def https_server(served_vlm, tls):
+    """glmlab's server on loopback over HTTPS with the `tls` certificate (no API key)."""
+    from glmlab.serve import ServerSettings, start
+
+    settings = ServerSettings(
+        model="tiny", port=0, ssl_certfile=str(tls / "cert.pem"), ssl_keyfile=str(tls / "key.pem")
+    )
+    running = start(served_vlm, settings)
+    yield running
+    running.stop()

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import trustme
 
 from glmlab.client import Client, Endpoint, ServerError
 from glmlab.errors import ConfigError
@@ -17,28 +16,6 @@ from glmlab.serve.app import create_app
 from glmlab.serve.runner import ServerThread
 
 GREEDY = {"temperature": 0, "max_new_tokens": 4}
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory):
-    """A throwaway CA and a certificate for 127.0.0.1 it signed, as PEM files."""
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    leaf.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    leaf.private_key_pem.write_to_path(str(folder / "key.pem"))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def https_server(served_vlm, tls):
-    settings = ServerSettings(
-        model="tiny", port=0, ssl_certfile=str(tls / "cert.pem"), ssl_keyfile=str(tls / "key.pem")
-    )
-    running = start(served_vlm, settings)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

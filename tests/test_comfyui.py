@@ -116,6 +116,19 @@ def test_a_batch_of_two_images_gives_the_local_models_answers_with_the_adapter(n
     assert answers != [served_vlm.ask(image, question, adapter=None, **options).text for image in images]
 
 
+def test_the_node_checks_an_https_servers_certificate_against_glmlab_ca_bundle(
+    nodes, https_server, tls, monkeypatch
+):
+    node = nodes.NODE_CLASS_MAPPINGS["GLMVisualQA"]()
+    image = torch.rand(1, 32, 32, 3)
+    inputs = node_inputs(https_server.url, model="tiny", timeout_s=20.0)
+    with pytest.raises(ServerError, match="CERTIFICATE_VERIFY_FAILED"):
+        getattr(node, node.FUNCTION)(image, **inputs)  # an unknown CA: refused
+    monkeypatch.setenv("GLMLAB_CA_BUNDLE", str(tls / "ca.pem"))
+    (answers,) = getattr(node, node.FUNCTION)(image, **inputs)
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+
 def test_an_unreachable_server_raises_instead_of_returning_an_error_string(nodes):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -16,7 +16,8 @@ at most timeout_s per server, reads and retries included.
 The API key is never a node input (ComfyUI saves inputs into workflow JSON and PNG metadata, which
 people share): it comes from the GLMLAB_API_KEY environment variable, and goes only to a server on
 loopback or on a host named in GLMLAB_TRUSTED_HOSTS, so a shared workflow's server_url cannot
-collect it.
+collect it. https servers' certificates are checked (`glmlab.Client`), against GLMLAB_CA_BUNDLE when
+set (a private CA), else the system's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ DEFAULT_URL = "http://localhost:8080/v1"
 ON_FAILURE = ("raise", "message")  # fail the workflow (default) or answer with failure_message
 DEFAULT_FAILURE_MESSAGE = "(No answer: the vision model's server could not be reached. Try again later.)"
 API_KEY_ENV = "GLMLAB_API_KEY"
+CA_BUNDLE_ENV = "GLMLAB_CA_BUNDLE"  # a private CA's certificates (PEM) for https servers
 TRUSTED_HOSTS_ENV = "GLMLAB_TRUSTED_HOSTS"  # comma-separated host names the key may be sent to
 
 
@@ -165,6 +167,7 @@ def node_client(
         timeout=timeout_s,
         fallbacks=fallbacks,
         deadline=timeout_s * (1 + len(fallbacks)),
+        ca_bundle=os.environ.get(CA_BUNDLE_ENV) or None,  # https servers' certificates are always checked
     )
 
 
