@@ -171,15 +171,18 @@ class VLM:
         cache: True uses the model's prefix cache, False none, a PrefixCache that one (a session's).
         max_model_len: a lower limit than the model's context on prompt + new tokens (see `fit_context`).
         """
-        settings = GenerationSettings(**gen)
-        prompt = self.prepare(
+        request = self.open_request(
             messages,
             thinking=thinking,
+            adapter=adapter,
             max_image_pixels=max_image_pixels,
-            tools=self._template_tools(settings),
+            max_model_len=max_model_len,
+            **gen,
         )
-        config = self.fit_context(prompt.prompt_tokens, settings, max_model_len)
-        return self._generate(prompt, settings, config, adapter, TokenClock(), None, self._cache_for(cache))
+        cache_used = self._cache_for(cache)
+        return self._generate(
+            request.prompt, request.settings, request.config, adapter, TokenClock(), None, cache_used
+        )
 
     def batch(
         self,
