@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import yaml
 from pydantic import BaseModel, Field
-from support import EVAL_DIR, scene
+from support import API_KEY, EVAL_DIR, scene
 
 from glmlab.answer import Answer
 from glmlab.data import generate_invoices
@@ -160,3 +160,19 @@ def test_extract_gives_parsed_invoice_rows_on_the_tiny_model(vlm, tmp_path):
     assert table["error"].tolist() == [None]
     fields = [name for name in INVOICE.model_fields if name != "total_in_words"]
     assert table.loc[0, fields].notna().all()  # validated by the schema: a value in every field
+
+
+def test_extract_through_a_client_reads_the_same_rows_as_the_local_model(served_vlm, server, tmp_path):
+    """A Client sends the schema as response_format and asks page by page; the server constrains the
+    answer with the same engine, so the rows equal the local model's (greedy), without confidences."""
+    import glmlab
+
+    scene().save(tmp_path / "a.png")
+    scene(colour="blue").save(tmp_path / "b.pdf", save_all=True, append_images=[scene(colour="green")])
+    (tmp_path / "c.png").write_bytes(b"not an image")
+    local = extract(served_vlm, tmp_path, SMALL, confidence=False, progress=False)
+    remote = extract(glmlab.Client(server.url, api_key=API_KEY), tmp_path, SMALL, progress=False)
+    assert list(remote.columns) == list(local.columns)  # a client's rows carry no confidence columns
+    assert remote["error"][:3].tolist() == [None] * 3
+    pd.testing.assert_frame_equal(remote.drop(columns="error"), local.drop(columns="error"))
+    assert remote.loc[3, "error"].startswith(str(tmp_path / "c.png"))
