@@ -64,6 +64,27 @@ def collate_left_padded(features: list[Any], pad_token_id: int) -> dict[str, tor
     )
 
 
+def collate_after_prefix(features: list[Any], length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Rows that share their first `length` tokens (one image prefix, computed once into a KV cache):
+    the prefix, then each row's padding, then its own rest. Padding in the middle is masked out and
+    position ids count only attended tokens, so each row sees its prompt exactly as alone; no pixels
+    (they are in the prefix's cache)."""
+    rests = [
+        {key: feature[key][0, length:] for key in ("input_ids", "mm_token_type_ids")} for feature in features
+    ]
+    batch = pad_rows(rests, {"input_ids": pad_token_id, "mm_token_type_ids": 0}, side="left")
+    first = features[0]
+    prefix = {
+        "input_ids": first["input_ids"][:, :length],
+        "mm_token_type_ids": first["mm_token_type_ids"][:, :length],
+        "attention_mask": torch.ones((1, length), dtype=torch.long),
+    }
+    return {
+        key: torch.cat([prefix[key].expand(len(features), -1).to(batch[key].dtype), batch[key]], dim=1)
+        for key in batch
+    }
+
+
 def pad_rows(
     rows: list[dict[str, torch.Tensor]], pad_values: dict[str, int], side: str
 ) -> dict[str, torch.Tensor]:

@@ -43,10 +43,12 @@ from glmlab.interface import DEFAULT_ADAPTER, AdapterChoice
 from glmlab.prefix_cache import (
     DEFAULT_CACHE_BYTES,
     PrefixCache,
+    PrefixEntry,
     compute_prefix,
     generate_inputs_from_prefix,
     image_digest,
     prefix_length,
+    shared_prefix_inputs,
 )
 from glmlab.structured import Grammars, Schema
 
@@ -193,13 +195,16 @@ class VLM:
         adapter: AdapterChoice = DEFAULT_ADAPTER,
         max_image_pixels: int | None = None,
         progress: bool = False,
+        cache: bool = True,
         **gen: Any,
     ) -> list[Answer]:
         """Answer many items in batches; answers come back in input order.
 
         items: (images, question) tuples, {"images", "question", "system"} or {"messages"} dicts.
         A bad item gets an Answer with finish_reason "error" and `error` set; the others still run.
-        All answers of one batch share its timing (TTFT is the batch's first token).
+        Each group runs as rows of one `generate` call (`generate_rows`, as the server's batches do), so
+        every item keeps its own sampling (seeded by `seed`), stop strings and timing (its own TTFT).
+        cache: items of a group about the same images share one prefill of them (and the prefix cache).
         """
         from tqdm.auto import tqdm
 
@@ -217,7 +222,8 @@ class VLM:
                 answers[item.index] = Answer(text="", finish_reason="error", error=item.error)
         groups = batching.group_for_padding([item for item in prepared if item.error is None], batch_size)
         for group in tqdm(groups, desc="batches", disable=not progress):
-            for item, answer in zip(group, self._generate_batch(group, settings, adapter), strict=True):
+            answered = self._generate_batch(group, settings, adapter, cache)
+            for item, answer in zip(group, answered, strict=True):
                 answers[item.index] = answer
         return answers  # type: ignore[return-value]
 
@@ -401,23 +407,45 @@ class VLM:
         self, inputs: dict[str, torch.Tensor], prompt: Prompt, prefix_cache: PrefixCache
     ):
         """Generate kwargs that start from the cached image prefix (computed now on a miss)."""
-        length = prefix_length(inputs["input_ids"], self.end_of_image_id)
-        if length == 0 or "video_grid_thw" in inputs:  # the cache keys images, not videos' frames
+        length = self._prefix_length(prompt)
+        if length == 0:
             return inputs
-        grid = inputs["image_grid_thw"].tolist()
-        key = (
-            self.active_adapter,
+        entry = self._prefix_entry(inputs, prompt, length, self.active_adapter, prefix_cache)
+        return generate_inputs_from_prefix(self.model, inputs, entry)
+
+    def _prefix_length(self, prompt: Prompt) -> int:
+        """Tokens of the prompt's image prefix; 0 without images (the cache keys images, not videos)."""
+        if "video_grid_thw" in prompt.features:
+            return 0
+        return prefix_length(prompt.features["input_ids"], self.end_of_image_id)
+
+    def _prefix_key(self, prompt: Prompt, length: int, adapter: str | None) -> tuple:
+        """What a prefix's keys depend on: the weights (adapter, in-place changes, dtype), the images'
+        pixels and grid, and the prefix's tokens."""
+        return (
+            adapter,
             self._weights_version(),
             str(self.dtype),
             image_digest(prompt.images),
-            str(grid),
-            tuple(inputs["input_ids"][0, :length].tolist()),
+            str(prompt.features["image_grid_thw"].tolist()),
+            tuple(prompt.features["input_ids"][0, :length].tolist()),
         )
-        entry = prefix_cache.get(key)
+
+    def _prefix_entry(
+        self,
+        inputs: dict[str, torch.Tensor],
+        prompt: Prompt,
+        length: int,
+        adapter: str | None,
+        cache: PrefixCache,
+    ) -> PrefixEntry:
+        """The prompt's prefix from `cache`, computed now (from one prompt's `inputs`) on a miss."""
+        key = self._prefix_key(prompt, length, adapter)
+        entry = cache.get(key)
         if entry is None:
             entry = compute_prefix(self.model, inputs, length)
-            prefix_cache.put(key, entry)
-        return generate_inputs_from_prefix(self.model, inputs, entry)
+            cache.put(key, entry)
+        return entry
 
     def _cache_for(self, cache: bool | PrefixCache) -> PrefixCache | None:
         if isinstance(cache, PrefixCache):
@@ -455,58 +483,19 @@ class VLM:
         return batching.BatchItem(index, prompt)
 
     def _generate_batch(
-        self, group: list[batching.BatchItem], settings: GenerationSettings, adapter: Any
+        self, group: list[batching.BatchItem], settings: GenerationSettings, adapter: Any, cache: bool
     ) -> list[Answer]:
-        """One generate call for a group; if it fails, each item alone so one bad item loses only itself."""
-        if settings.schema is not None:  # each row needs its own constraint: glmlab.rows
-            return self._generate_batch_as_rows(group, settings, adapter)
-        if len(group) == 1:
-            return [self._generate_one_safely(group[0], settings, adapter)]
-        collated = batching.collate_left_padded(
-            [item.prompt.features for item in group], self.tokenizer.pad_token_id
-        )
-        inputs = self._to_device(collated)
-        config = self.fit_context(max(item.prompt.prompt_tokens for item in group), settings)
-        width = inputs["input_ids"].shape[1]
-        criteria = (
-            [StopStrings(self.tokenizer, settings.stop, width, self.hidden_token_ids)]
-            if settings.stop
-            else None
-        )
-        clock = TokenClock()
-        try:
-            with self.lock, self.using_adapter(adapter), torch.inference_mode():
-                seed_everything(settings.seed)
-                start = time.perf_counter()
-                output = self.model.generate(
-                    **inputs, generation_config=config, streamer=clock, stopping_criteria=criteria
-                )
-                end = time.perf_counter()
-        except GlmlabError:
-            raise
-        except (RuntimeError, ValueError) as error:
-            logger.warning("a batch of %d failed (%s); answering its items one by one", len(group), error)
-            return [self._generate_one_safely(item, settings, adapter) for item in group]
-        return [
-            self.decode_answer(
-                output[row, width:].tolist(),
-                item.prompt,
-                settings,
-                start,
-                clock.first_token_time,
-                end,
-                adapter,
-            )
-            for row, item in enumerate(group)
-        ]
-
-    def _generate_batch_as_rows(
-        self, group: list[batching.BatchItem], settings: GenerationSettings, adapter: Any
-    ) -> list[Answer]:
+        """A group as rows of one batch (`generate_rows`, the server's path too): each row samples with
+        its own generator seeded by `settings.seed`, so an item answers as it would alone; an item that
+        fails gets an Answer with the error, the others keep theirs."""
         batch = [
             rows.Row.open(
                 rows.Request(
-                    item.prompt, settings, self.fit_context(item.prompt.prompt_tokens, settings), adapter
+                    item.prompt,
+                    settings,
+                    self.fit_context(item.prompt.prompt_tokens, settings),
+                    adapter,
+                    cache,
                 ),
                 self.text_clock(),
                 settings.seed,
@@ -523,15 +512,6 @@ class VLM:
                     Answer(text="", finish_reason="error", error=f"{type(error).__name__}: {error}")
                 )
         return answers
-
-    def _generate_one_safely(
-        self, item: batching.BatchItem, settings: GenerationSettings, adapter: Any
-    ) -> Answer:
-        try:
-            config = self.fit_context(item.prompt.prompt_tokens, settings)
-            return self._generate(item.prompt, settings, config, adapter, TokenClock(), None)
-        except (GlmlabError, RuntimeError, ValueError) as error:
-            return Answer(text="", finish_reason="error", error=f"{type(error).__name__}: {error}")
 
     # ---- rows: independent requests in one generate call (the server's batches; glmlab.rows) --------
 
@@ -579,7 +559,7 @@ class VLM:
                 request.adapter,
                 row.clock,
                 row.stream.stop_event,
-                self.prefix_cache,
+                self.prefix_cache if request.cache else None,
             )
         except BaseException as error:  # the row's reader re-raises it
             row.stream.fail(error)
@@ -588,9 +568,14 @@ class VLM:
 
     def _generate_row_batch(self, live: list[rows.Row]) -> None:
         features = [row.request.prompt.features for row in live]
-        inputs = self._to_device(batching.collate_left_padded(features, self.tokenizer.pad_token_id))
+        shared = self._shared_prefix_length(live)
+        if shared:
+            collated = batching.collate_after_prefix(features, shared, self.tokenizer.pad_token_id)
+        else:
+            collated = batching.collate_left_padded(features, self.tokenizer.pad_token_id)
+        inputs = self._to_device(collated)
         width = inputs["input_ids"].shape[1]
-        pads = [width - feature["input_ids"].shape[1] for feature in features]
+        pads = [(shared, width - feature["input_ids"].shape[1]) for feature in features]
         start = time.perf_counter()
 
         constraints = [self._row_processors(row.request.settings, row.request.prompt, width) for row in live]
@@ -610,6 +595,8 @@ class VLM:
                 torch.inference_mode(),
                 interruptible(self.model, rows.AllStopped(live), live[0].clock),
             ):
+                if shared:
+                    inputs = self._continue_rows_from_prefix(live, inputs, shared)
                 output = self.model.generate(
                     **inputs,
                     generation_config=self._batch_config(live),
@@ -631,6 +618,37 @@ class VLM:
         for index in range(len(live)):
             if not stops.done[index]:
                 finish(index, [] if output is None else output[index, width:].tolist())
+
+    def _shared_prefix_length(self, live: list[rows.Row]) -> int:
+        """The image prefix every row shares (same adapter, images and tokens before the question), to
+        be computed once for the batch; 0 when they do not share one (or a row asked for no cache)."""
+        prompts_ = [row.request.prompt for row in live]
+        length = self._prefix_length(prompts_[0])
+        if length == 0 or not all(row.request.cache for row in live):
+            return 0
+        if len({self._resolved_adapter(row.request.adapter) for row in live}) > 1:
+            return 0
+        first = prompts_[0].features
+        for prompt in prompts_[1:]:
+            features = prompt.features
+            if (
+                features["input_ids"].shape[1] <= length
+                or "video_grid_thw" in features
+                or not torch.equal(features["input_ids"][:, :length], first["input_ids"][:, :length])
+                or not torch.equal(features.get("image_grid_thw"), first["image_grid_thw"])
+            ):
+                return 0
+        digests = {image_digest(prompt.images) for prompt in prompts_}
+        return length if len(digests) == 1 else 0
+
+    def _continue_rows_from_prefix(
+        self, live: list[rows.Row], inputs: dict[str, torch.Tensor], length: int
+    ) -> dict[str, Any]:
+        """`generate` kwargs for rows after their shared prefix, taken from (or put into) the prefix cache."""
+        first = live[0].request.prompt
+        adapter = self._resolved_adapter(live[0].request.adapter)
+        entry = self._prefix_entry(self._to_device(first.features), first, length, adapter, self.prefix_cache)
+        return shared_prefix_inputs(self.model, inputs, entry, len(live))
 
     def _batch_config(self, live: list[rows.Row]) -> Any:
         """One GenerationConfig for the batch: greedy over RowSampler's choices, long enough for the

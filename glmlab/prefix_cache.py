@@ -134,3 +134,15 @@ def generate_inputs_from_prefix(
     model.model.rope_deltas = entry.rope_deltas.clone()
     kept = {key: value for key, value in inputs.items() if key not in ("pixel_values", "image_grid_thw")}
     return {**kept, "cache": copy.deepcopy(entry.cache)}
+
+
+def shared_prefix_inputs(
+    model: Any, inputs: dict[str, torch.Tensor], entry: PrefixEntry, rows: int
+) -> dict[str, Any]:
+    """`generate` kwargs for `rows` prompts that share the prefix (`glmlab.batching.collate_after_prefix`):
+    one copy of its cache per row, and its rope offset, which holds for every row because position ids
+    count attended tokens only (the padding after the prefix is masked)."""
+    model.model.rope_deltas = entry.rope_deltas.clone()
+    cache = copy.deepcopy(entry.cache)
+    cache.batch_repeat_interleave(rows)
+    return {**inputs, "cache": cache}

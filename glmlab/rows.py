@@ -45,6 +45,7 @@ class Request:
     settings: GenerationSettings
     config: Any
     adapter: Any
+    cache: bool = True  # may reuse the model's image-prefix cache, and share a prefix with its batch
 
 
 @dataclass
@@ -119,13 +120,13 @@ class RowSampler(LogitsProcessor):
     """
 
     def __init__(
-        self, rows: list[Row], pad_lengths: list[int], constraints: list[list[Any]] | None = None
+        self, rows: list[Row], pad_spans: list[tuple[int, int]], constraints: list[list[Any]] | None = None
     ) -> None:
         self.configs = [row.request.config for row in rows]
         self.constraints = constraints or [[] for _ in rows]  # a row's budget and schema
         self.warpers = [row_warpers(config) for config in self.configs]
         self.generators = [_generator(row.seed) for row in rows]
-        self.pad_lengths = pad_lengths
+        self.pad_spans = pad_spans  # (start, count) of each row's padding: left, or after a shared prefix
         self.penalties = torch.tensor(
             [[config.repetition_penalty or 1.0] for config in self.configs], dtype=torch.float32
         )
@@ -134,6 +135,7 @@ class RowSampler(LogitsProcessor):
             for index, config in enumerate(self.configs)
             if not config.do_sample and not self.constraints[index]
         ]
+        self.batched_set = set(self.batched)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = self._penalised(input_ids, scores)
@@ -142,7 +144,7 @@ class RowSampler(LogitsProcessor):
             rows = torch.tensor(self.batched, device=scores.device)
             chosen[rows, scores[rows].argmax(dim=-1)] = 0.0
         for index, config in enumerate(self.configs):
-            if index in self.batched:
+            if index in self.batched_set:
                 continue
             row_ids, row_scores = input_ids[index : index + 1], scores[index : index + 1]
             for processor in [*self.constraints[index], *self.warpers[index]]:
@@ -157,13 +159,13 @@ class RowSampler(LogitsProcessor):
 
     def _penalised(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """transformers' repetition penalty for every row at once, each over its own tokens: a row's
-        left padding is pointed at its first real token (scattering the same value twice is harmless)."""
+        padding is pointed at the real token after it (scattering the same value twice is harmless)."""
         if bool((self.penalties == 1.0).all()):
             return scores
         ids = input_ids.clone()
-        for index, pad in enumerate(self.pad_lengths):
-            if pad:
-                ids[index, :pad] = ids[index, pad]
+        for index, (start, count) in enumerate(self.pad_spans):
+            if count:
+                ids[index, start : start + count] = ids[index, start + count]
         penalty = self.penalties.to(scores.device)
         picked = torch.gather(scores, 1, ids)
         picked = torch.where(picked < 0, picked * penalty, picked / penalty)

@@ -24,6 +24,39 @@ def test_batch_equals_one_by_one_in_input_order(vlm):
     assert all(answer.usage.completion_tokens == 10 for answer in answers)
 
 
+def test_seeded_sampling_in_a_batch_answers_each_item_as_it_would_alone(vlm):
+    sampled = {"temperature": 1.0, "top_k": 30, "seed": 7, "max_new_tokens": 8}
+    items = [(scene(112, 112, "red"), "What colour?"), (None, "Hello?"), (scene(56, 56), "Count")]
+    alone = [vlm.ask(image, question, cache=False, **sampled).raw for image, question in items]
+    assert [answer.raw for answer in vlm.batch(items, batch_size=3, **sampled)] == alone
+    assert len(set(alone)) == 3
+
+
+def test_questions_about_one_image_share_its_prefill_and_answer_as_alone(vlm):
+    image = scene(140, 112, "green")
+    questions = ["Colour?", "Which shape is drawn here, and where?", "Count the shapes, please."]
+    settings = {"temperature": 0, "max_new_tokens": 8, "repetition_penalty": 1.3}
+    alone = [vlm.ask(image, question, cache=False, **settings).raw for question in questions]
+    vlm.prefix_cache.clear()
+    misses, hits = vlm.prefix_cache.misses, vlm.prefix_cache.hits
+    items = [(image, question) for question in questions]
+    assert [answer.raw for answer in vlm.batch(items, batch_size=3, **settings)] == alone
+    assert (vlm.prefix_cache.misses, vlm.prefix_cache.hits) == (misses + 1, hits)  # one prefill for three
+    assert [answer.raw for answer in vlm.batch(items, batch_size=3, **settings)] == alone
+    assert vlm.prefix_cache.hits == hits + 1  # the next batch about it starts from the cache
+    before = (vlm.prefix_cache.misses, vlm.prefix_cache.hits)
+    assert [answer.raw for answer in vlm.batch(items, batch_size=3, cache=False, **settings)] == alone
+    assert (vlm.prefix_cache.misses, vlm.prefix_cache.hits) == before
+
+
+def test_different_images_in_one_batch_do_not_share_a_prefix(vlm):
+    items = [(scene(112, 112, "red"), "Colour?"), (scene(112, 112, "blue"), "Colour?")]
+    alone = [vlm.ask(image, question, cache=False, **GREEDY).raw for image, question in items]
+    misses, hits = vlm.prefix_cache.misses, vlm.prefix_cache.hits
+    assert [answer.raw for answer in vlm.batch(items, batch_size=2, **GREEDY)] == alone
+    assert (vlm.prefix_cache.misses, vlm.prefix_cache.hits) == (misses, hits)
+
+
 def test_bf16_batch_and_prefix_cache_give_the_same_greedy_tokens(vlm_bf16):
     """The bf16 rule for batch = loop and cached = uncached is the float32 one: equal greedy tokens.
 

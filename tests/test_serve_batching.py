@@ -96,6 +96,35 @@ def test_each_row_keeps_its_own_stop_strings(served_vlm):
     assert rows[1].stream.answer.raw == reference
 
 
+def test_rows_about_one_image_share_its_prefill_each_with_its_own_settings(served_vlm):
+    """A class asking about the same picture: one prefill of the image for the batch, every row as alone
+    (greedy of two lengths, seeded sampling, a stop string)."""
+    image = scene(168, 112, colour="blue")
+
+    def conversation(question: str) -> list[dict]:
+        parts = [{"type": "image", "image": image}, {"type": "text", "text": question}]
+        return [{"role": "user", "content": parts}]
+
+    cases = [
+        ("What is it?", {"temperature": 0, "max_new_tokens": 4}),
+        ("Describe the whole picture in detail.", {"temperature": 0, "max_new_tokens": 10}),
+        ("Colour?", {"temperature": 0.9, "top_k": 20, "seed": 3, "max_new_tokens": 8}),
+    ]
+    alone = [served_vlm.chat(conversation(q), cache=False, **options) for q, options in cases]
+    stop = alone[1].raw.strip()[3:5]
+    cases.append(
+        ("Describe the whole picture in detail.", {"temperature": 0, "max_new_tokens": 10, "stop": [stop]})
+    )
+    served_vlm.prefix_cache.clear()
+    misses = served_vlm.prefix_cache.misses
+    requests = [served_vlm.open_request(conversation(q), **options) for q, options in cases]
+    rows = [Row.open(request, served_vlm.text_clock(), request.settings.seed) for request in requests]
+    served_vlm.generate_rows(rows)
+    assert served_vlm.prefix_cache.misses == misses + 1
+    assert [row.stream.answer.raw for row in rows[:3]] == [answer.raw for answer in alone]
+    assert rows[3].stream.answer.raw.strip() == alone[1].raw.split(stop, 1)[0].strip()
+
+
 def test_rows_for_different_adapters_share_a_batch_and_answer_as_alone(adapters, tiny_path):
     import glmlab
 
