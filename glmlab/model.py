@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -66,6 +67,11 @@ class Prompt:
     @property
     def prompt_tokens(self) -> int:
         return int(self.features["attention_mask"].sum())
+
+    @functools.cached_property
+    def image_digest(self) -> str:
+        """The images' content hash (`prefix_cache.image_digest`), computed once per prompt."""
+        return image_digest(self.images)
 
 
 class VLM:
@@ -426,7 +432,7 @@ class VLM:
             adapter,
             self._weights_version(),
             str(self.dtype),
-            image_digest(prompt.images),
+            prompt.image_digest,
             str(prompt.features["image_grid_thw"].tolist()),
             tuple(prompt.features["input_ids"][0, :length].tolist()),
         )
@@ -622,24 +628,24 @@ class VLM:
     def _shared_prefix_length(self, live: list[rows.Row]) -> int:
         """The image prefix every row shares (same adapter, images and tokens before the question), to
         be computed once for the batch; 0 when they do not share one (or a row asked for no cache)."""
-        prompts_ = [row.request.prompt for row in live]
-        length = self._prefix_length(prompts_[0])
+        first = live[0].request.prompt
+        length = self._prefix_length(first)
         if length == 0 or not all(row.request.cache for row in live):
             return 0
         if len({self._resolved_adapter(row.request.adapter) for row in live}) > 1:
             return 0
-        first = prompts_[0].features
-        for prompt in prompts_[1:]:
-            features = prompt.features
+        for row in live[1:]:
+            other = row.request.prompt.features
             if (
-                features["input_ids"].shape[1] <= length
-                or "video_grid_thw" in features
-                or not torch.equal(features["input_ids"][:, :length], first["input_ids"][:, :length])
-                or not torch.equal(features.get("image_grid_thw"), first["image_grid_thw"])
+                other["input_ids"].shape[1] <= length
+                or "video_grid_thw" in other
+                or "image_grid_thw" not in other
+                or not torch.equal(other["input_ids"][:, :length], first.features["input_ids"][:, :length])
+                or not torch.equal(other["image_grid_thw"], first.features["image_grid_thw"])
+                or row.request.prompt.image_digest != first.image_digest
             ):
                 return 0
-        digests = {image_digest(prompt.images) for prompt in prompts_}
-        return length if len(digests) == 1 else 0
+        return length
 
     def _continue_rows_from_prefix(
         self, live: list[rows.Row], inputs: dict[str, torch.Tensor], length: int
