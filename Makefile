@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser-deps demo test lab bench quality engines clean
+.PHONY: install test-deps demo test lab bench quality engines clean
 
 install: $(STAMP)
 
@@ -13,14 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's chromium (+ a CJK font) for the JupyterLab browser test; needs root or sudo.
-browser-deps: install
-	scripts/install-browser.sh || echo "browser-deps: could not install chromium; the browser test will be skipped"
+# Debian's chromium (+ a CJK font) for the browser tests and Go for the Ollama template test; needs root or sudo.
+test-deps: install
+	scripts/install-test-deps.sh || echo "test-deps: could not install chromium or Go; the tests that drive them will be skipped"
 
 demo: install
 	$(BIN)/glmlab demo
 
-test: install browser-deps
+test: install test-deps
 	$(BIN)/python -m pytest -q
 
 lab: install

@@ -48,7 +48,7 @@ API_KEY = "test-key-0123456789"
 TEXT_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate_up|down)_proj)"
 VISION_TARGETS = r".*visual\.blocks\.\d+\.attn\.qkv"
 GREEDY = {"temperature": 0, "max_tokens": 6}
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # scripts/install-browser.sh installs it
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # scripts/install-test-deps.sh installs it
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -406,7 +406,7 @@ def lab_page(notebook: Path, tmp_path: Path, glmlab_home: Path) -> Iterator[Any]
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the playwright Python package is missing: run scripts/install-browser.sh")
+        pytest.fail("the playwright Python package is missing: run scripts/install-test-deps.sh")
     root = tmp_path / "notebooks"
     root.mkdir()
     shutil.copy(notebook, root / notebook.name)

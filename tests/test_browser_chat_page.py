@@ -5,7 +5,7 @@ It types the key, uploads, drops and pastes pictures, picks an adapter, asks, an
 streamed answer is exactly what the API gives for the same greedy request, that thinking folds away,
 that Stop keeps what came and that a wrong key shows the server's 401 message. Needs Debian's
 chromium and the playwright Python package (no Playwright browser download):
-`scripts/install-browser.sh`. The screenshot lands in outputs/browser/chat_page.png.
+`scripts/install-test-deps.sh`. The screenshot lands in outputs/browser/chat_page.png.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(),
-        reason="no chromium: run scripts/install-browser.sh (apt-get install chromium)",
+        reason="no chromium: run scripts/install-test-deps.sh (apt-get install chromium)",
     ),
 ]
 
@@ -71,7 +71,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("the playwright Python package is missing: run scripts/install-browser.sh")
+        pytest.fail("the playwright Python package is missing: run scripts/install-test-deps.sh")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield launched

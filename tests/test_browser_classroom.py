@@ -3,7 +3,7 @@
 It runs `notebooks/07_classroom.ipynb` (a copy in a scratch folder), clears the notebook's pictures and
 answers, uploads two pictures through the widget's file input, answers a preset for both, then a
 question per picture, exports the web page and checks what the page shows. Needs Debian's chromium and
-the playwright Python package: `scripts/install-browser.sh`. The screenshot lands in outputs/browser/.
+the playwright Python package: `scripts/install-test-deps.sh`. The screenshot lands in outputs/browser/.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(),
-        reason="no chromium: run scripts/install-browser.sh (apt-get install chromium)",
+        reason="no chromium: run scripts/install-test-deps.sh (apt-get install chromium)",
     ),
 ]
 

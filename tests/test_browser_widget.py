@@ -3,7 +3,7 @@
 It runs `notebooks/02_vqa_widget.ipynb` (a copy, so nothing is saved into the repo), uploads a picture
 through the widget's file input, asks, stops a long answer, switches adapter, asks with the keyboard and
 checks what the page shows. Needs Debian's chromium and the playwright Python package (no Playwright
-browser download): `scripts/install-browser.sh`. The screenshot lands in outputs/browser/.
+browser download): `scripts/install-test-deps.sh`. The screenshot lands in outputs/browser/.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.timeout(300),
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(),
-        reason="no chromium: run scripts/install-browser.sh (apt-get install chromium)",
+        reason="no chromium: run scripts/install-test-deps.sh (apt-get install chromium)",
     ),
 ]
 

@@ -134,7 +134,8 @@ func main() {
 
 
 @pytest.mark.skipif(
-    shutil.which("go") is None, reason="renders the template with Go's text/template (Ollama's)"
+    shutil.which("go") is None,
+    reason="renders the template with Go's text/template (Ollama's): run scripts/install-test-deps.sh",
 )
 def test_ollama_template_renders_what_the_chat_template_renders(tmp_path):
     from glmlab import tiny
