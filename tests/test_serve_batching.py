@@ -227,6 +227,28 @@ def test_concurrent_mixed_adapter_requests_batch_and_answer_as_one_at_a_time(bat
         assert response.json()["usage"] == expected["usage"]
 
 
+def test_a_class_asking_about_one_picture_shares_one_prefill(batching_app):
+    """Requests from different users about the same picture (each its own data URL) that run in one
+    batch prefill the picture once; each answers as it would alone."""
+    client, vlm, batches = batching_app
+    picture = scene(140, 112, colour="green")
+    questions = ["What is it?", "Which colour is the shape?", "Where is it?", "Describe it."]
+    bodies = [
+        {"messages": image_message(picture, question), "temperature": 0, "max_tokens": 5}
+        for question in questions
+    ]
+    vlm.prefix_cache.clear()
+    misses = vlm.prefix_cache.misses
+    batches.clear()
+    responses = post_while_busy(client, vlm, bodies)
+    assert sum(batches) == len(bodies) and max(batches) >= 3  # the first may start alone
+    assert vlm.prefix_cache.misses == misses + 1  # the picture was prefilled once in all
+    for question, response in zip(questions, responses, strict=True):
+        messages_ = [{"role": "user", "content": [{"type": "image", "image": picture}, question]}]
+        alone = vlm.chat(messages_, cache=False, temperature=0, max_new_tokens=5)
+        assert response.json()["choices"] == completion_body("id", "tiny", [alone])["choices"]
+
+
 def test_streamed_requests_in_one_batch_each_get_their_own_answer(batching_app):
     client, vlm, _ = batching_app
     bodies = [{"messages": messages(i), "temperature": 0, "max_tokens": 5, "stream": True} for i in range(4)]
