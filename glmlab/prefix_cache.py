@@ -6,6 +6,8 @@ follow-up question about the same images shares it. The prefix is run once into 
 question then generates from a copy of it with the full input ids but no pixel values, and with the
 Glm4v rope offset (`model.model.rope_deltas`, the 3-D position shift the images introduce) restored
 to the prefix's value. That is token-identical to the uncached path under greedy decoding.
+Rows of one batch about the same images start from one copy of the prefix per row
+(`shared_prefix_inputs`), so a batch pays for the images' prefill once.
 
 No library offers prefix reuse for multimodal prompts under `generate`, hence this module.
 """
