@@ -63,7 +63,7 @@ def test_bf16_batch_and_prefix_cache_give_the_same_greedy_tokens(vlm_bf16):
     bf16 rounds every matmul result, so these invariants hold only where both sides reduce in the same
     order. On the CPU they do: a left-padded row and the same prompt alone, a prefill from a cached
     image prefix and a full prefill, give the same last-position logits to the bit on the tiny model
-    (measured max difference 0.0), so no tolerance is needed. merged = base + adapter is where bf16
+    (measured max difference 0.0), so no tolerance is needed; rows sharing a cached prefix too. merged = base + adapter is where bf16
     cannot be exact (test_export).
     """
     import torch
@@ -77,6 +77,10 @@ def test_bf16_batch_and_prefix_cache_give_the_same_greedy_tokens(vlm_bf16):
     for _ in range(2):  # the first call fills the prefix cache, the second answers from it
         assert vlm_bf16.ask(*items[0], **settings).raw == loop[0]
     assert vlm_bf16.prefix_cache.hits == hits + 1
+    same_image = [items[0], (items[0][0], "Which shape is drawn, and where?")]
+    alone = [vlm_bf16.ask(image, question, cache=False, **settings).raw for image, question in same_image]
+    assert [answer.raw for answer in vlm_bf16.batch(same_image, batch_size=2, **settings)] == alone
+    assert vlm_bf16.prefix_cache.hits == hits + 2  # the batch started from the cached prefix
 
 
 def test_batch_reports_a_bad_item_and_keeps_the_others(vlm):
