@@ -354,3 +354,22 @@ def test_a_server_and_the_local_model_give_the_same_greedy_predictions(vlm):
     ).all()
     assert remote.samples["peak_memory_bytes"].isna().all()  # a server's memory is not this process's
     assert (remote.config["model"]["kind"], remote.config["settings"]["concurrency"]) == ("server", 2)
+
+
+def test_batch_timing_gives_every_answer_the_batch_ttft_and_the_calls_latency():
+    import math
+
+    from glmlab.answer import Answer, Timing, Usage
+    from glmlab.eval.latency import batch_timing
+
+    def answer(ttft: float | None, total: float, tokens: int) -> Answer:
+        return Answer(text="x", usage=Usage(completion_tokens=tokens), timing=Timing(ttft, total))
+
+    # the call ran 10 s, generate its last 8 s (2 s of preprocessing); the rows' first tokens came in
+    # the same step (1.0 s into generate), the rows ended 5 s and 8 s into it
+    answers = [answer(1.0, 5.0, 5), answer(1.0005, 8.0, 9), answer(None, 0.0, 0)]
+    first, second, failed = batch_timing(answers, start=100.0, end=110.0)
+    assert first["ttft_s"] == second["ttft_s"] == 3.0  # 1.0 s into generate + the 2 s before it
+    assert first["latency_s"] == second["latency_s"] == failed["latency_s"] == 10.0
+    assert (first["tpot_s"], second["tpot_s"]) == (7.0 / 4, 7.0 / 8)
+    assert math.isnan(failed["ttft_s"]) and math.isnan(failed["tpot_s"])

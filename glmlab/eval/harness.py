@@ -23,7 +23,7 @@ from typing import Any
 
 from glmlab.errors import ConfigError, GlmlabError, InputError
 from glmlab.eval.extract import final_text
-from glmlab.eval.latency import MemoryProbe, sample_timing
+from glmlab.eval.latency import MemoryProbe, batch_timing, sample_timing
 from glmlab.eval.provenance import run_config
 from glmlab.eval.run import (
     SAMPLES_FILE,
@@ -173,9 +173,8 @@ def _batched_answers(
         start = time.perf_counter()
         answers = model.batch(items, batch_size=batch_size, **gen)
         end = time.perf_counter()
-        for sample, answer in zip(chunk, answers, strict=True):
-            timing = {**sample_timing(answer, start, end), "batch_size": len(chunk), **_wall(start, end)}
-            yield sample, answer, timing
+        for sample, answer, timing in zip(chunk, answers, batch_timing(answers, start, end), strict=True):
+            yield sample, answer, {**timing, "batch_size": len(chunk), **_wall(start, end)}
 
 
 def _remote_answers(

@@ -34,6 +34,7 @@ import pandas as pd
 __all__ = [
     "LATENCY_COLUMNS",
     "MemoryProbe",
+    "batch_timing",
     "busy_seconds",
     "latency_summary",
     "sample_timing",
@@ -78,6 +79,22 @@ def sample_timing(answer: Any, start: float, end: float, first_piece: float | No
         "prompt_tokens": usage.prompt_tokens,
         "image_tokens": usage.image_tokens,
     }
+
+
+def batch_timing(answers: list[Any], start: float, end: float) -> list[dict[str, Any]]:
+    """The latency columns of the answers of one batched call (see the module docstring): each gets
+    the call's latency and the batch's TTFT, its earliest first token (the rows' first tokens come
+    from the same decode step), shifted by the time the call spent outside generate (the longest
+    row's generate time is generate's); an answer without tokens keeps a NaN TTFT."""
+    firsts = [answer.timing.ttft_s for answer in answers if answer.timing.ttft_s is not None]
+    if not firsts:
+        return [sample_timing(answer, start, end) for answer in answers]
+    outside_generate = max(0.0, (end - start) - max(answer.timing.total_s or 0.0 for answer in answers))
+    first_token = start + outside_generate + min(firsts)
+    return [
+        sample_timing(answer, start, end, None if answer.timing.ttft_s is None else first_token)
+        for answer in answers
+    ]
 
 
 def latency_summary(samples: pd.DataFrame) -> pd.DataFrame:
