@@ -8,6 +8,12 @@ The prefix cache is off: distinct users send distinct pictures. Rounds alternate
 Prints the table (throughput, p50/p95 TTFT and latency), checks that both servers gave every request
 the same answer, and ends with `RATIO serving_throughput=<x>` (target >= 3) and
 `RATIO serving_single_client_latency=<x>` (a lone user, batching on / off; target <= 1.10).
+
+Then a class asking about one picture: the 16 clients send the same 448x448 picture (each its own data
+URL) with different questions to the base model, rounds alternating as above. The batching server
+prefills the picture once per batch (rows about one image share it); the one-at-a-time server prefills it
+for every request (its prefix cache is off too). Reported as `RATIO serving_one_picture_throughput`, no
+target (`prefix_cache.py` measures the shared prefill alone, in one process).
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ MAX_TOKENS = 64
 ROUNDS = 2
 SINGLE_REPEATS = 4
 QUESTION = "Describe the picture in detail."
+CLASS_PICTURE = 1234  # bench_image's seed for the picture the whole class asks about
+CLASS_QUESTIONS = [
+    "Describe the picture in detail.",
+    "Which colours appear, and where?",
+    "How many shapes are there?",
+    "What is in the top left corner?",
+]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -35,11 +48,11 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def one_request(client, model: str, seed: int) -> dict:
-    """Stream one greedy answer; its time to first piece, latency and text."""
+def one_request(client, model: str, seed: int, question: str = QUESTION) -> dict:
+    """Stream one greedy answer about picture `seed`; its time to first piece, latency and text."""
     start = time.perf_counter()
     stream = client.stream(
-        bench_image(seed), QUESTION, adapter=model, temperature=0, max_new_tokens=MAX_TOKENS
+        bench_image(seed), question, adapter=model, temperature=0, max_new_tokens=MAX_TOKENS
     )
     first = None
     for _ in stream:
@@ -48,14 +61,20 @@ def one_request(client, model: str, seed: int) -> dict:
     return {"ttft_s": (first or end) - start, "latency_s": end - start, "text": stream.answer.raw}
 
 
-def load_round(client, models: list[str | None]) -> tuple[float, list[dict]]:
-    """All clients at once (a barrier), one request each; the wall time and each request's figures."""
+def load_round(client, models: list[str | None], one_picture: bool = False) -> tuple[float, list[dict]]:
+    """All clients at once (a barrier), one request each; the wall time and each request's figures.
+    one_picture: every client asks about the same picture, each its own question (a class)."""
     results: list[dict] = [{} for _ in range(CLIENTS)]
     barrier = threading.Barrier(CLIENTS + 1)
 
     def work(index: int) -> None:
         barrier.wait()
-        results[index] = one_request(client, models[index % len(models)], seed=index)
+        model = models[index % len(models)]
+        if one_picture:
+            question = CLASS_QUESTIONS[index % len(CLASS_QUESTIONS)]
+            results[index] = one_request(client, model, CLASS_PICTURE, question)
+        else:
+            results[index] = one_request(client, model, seed=index)
 
     threads = [threading.Thread(target=work, args=(index,)) for index in range(CLIENTS)]
     for thread in threads:
@@ -109,7 +128,15 @@ def main() -> None:
                 walls[name].append(wall)
                 figures[name] += results
                 texts.setdefault(name, [result["text"] for result in results])
+        class_walls: dict[str, list[float]] = {name: [] for name in clients}
+        class_texts: dict[str, list[str]] = {}
+        for _ in range(ROUNDS):
+            for name, client in clients.items():
+                wall, results = load_round(client, [None], one_picture=True)
+                class_walls[name].append(wall)
+                class_texts.setdefault(name, [result["text"] for result in results])
         same = texts["batching on"] == texts["batching off"]
+        same = same and class_texts["batching on"] == class_texts["batching off"]
         single = {name: [] for name in clients}
         for _ in range(SINGLE_REPEATS):
             for name, client in clients.items():
@@ -130,6 +157,7 @@ def main() -> None:
                 "latency_p50_s": percentile(latency, 0.5),
                 "latency_p95_s": percentile(latency, 0.95),
                 "one_client_latency_s": statistics.median(single[name]),
+                "one_picture_requests_per_s": CLIENTS * ROUNDS / sum(class_walls[name]),
                 "mean_batch_rows": statistics.fmean(batch_sizes[name]),
             }
         )
@@ -137,12 +165,14 @@ def main() -> None:
     print(f"answers identical with batching on and off: {same}")
     throughput = dict(zip(table["server"], table["requests_per_s"], strict=True))
     lone = dict(zip(table["server"], table["one_client_latency_s"], strict=True))
+    one_picture = dict(zip(table["server"], table["one_picture_requests_per_s"], strict=True))
     report(
         "serving",
         table,
         {
             "serving_throughput": throughput["batching on"] / throughput["batching off"],
             "serving_single_client_latency": lone["batching on"] / lone["batching off"],
+            "serving_one_picture_throughput": one_picture["batching on"] / one_picture["batching off"],
         },
         {
             "settings": {
