@@ -531,26 +531,28 @@ class VLM:
 
         Rows stopped while they waited finish empty; a row whose adapter is gone fails alone; a lone
         row takes the one-request path (with the prefix cache); a batch that fails before its first
-        token answers its rows one by one, so one bad row loses only itself.
+        token answers its rows one by one, so one bad row loses only itself. Runs under the lock, so
+        the adapters checked and resolved here (and the shared prefix chosen) are the ones generating.
         """
-        live = []
-        for row in batch:
-            if not row.started.is_set():
-                row.mark_started()
-            try:
-                self._check_requested_adapter(row.request.adapter)
-            except GlmlabError as error:
-                row.stream.fail(error)
-                continue
-            if row.stopped:
-                now = time.perf_counter()
-                rows.finished_answer(row, self._row_answer(row, [], now, now))
-            else:
-                live.append(row)
-        if len(live) == 1:
-            self._generate_row_alone(live[0])
-        elif live:
-            self._generate_row_batch(live)
+        with self.lock:
+            live = []
+            for row in batch:
+                if not row.started.is_set():
+                    row.mark_started()
+                try:
+                    self._check_requested_adapter(row.request.adapter)
+                except GlmlabError as error:
+                    row.stream.fail(error)
+                    continue
+                if row.stopped:
+                    now = time.perf_counter()
+                    rows.finished_answer(row, self._row_answer(row, [], now, now))
+                else:
+                    live.append(row)
+            if len(live) == 1:
+                self._generate_row_alone(live[0])
+            elif live:
+                self._generate_row_batch(live)
 
     def _generate_row_alone(self, row: rows.Row) -> None:
         request = row.request
@@ -626,26 +628,19 @@ class VLM:
                 finish(index, [] if output is None else output[index, width:].tolist())
 
     def _shared_prefix_length(self, live: list[rows.Row]) -> int:
-        """The image prefix every row shares (same adapter, images and tokens before the question), to
-        be computed once for the batch; 0 when they do not share one (or a row asked for no cache)."""
-        first = live[0].request.prompt
-        length = self._prefix_length(first)
-        if length == 0 or not all(row.request.cache for row in live):
+        """The image prefix every row shares, to be computed once for the batch: rows share one when
+        their prefix keys (`_prefix_key`: adapter, weights, images, prefix tokens) are equal; 0 when
+        they do not (or a row asked for no cache)."""
+        length = self._prefix_length(live[0].request.prompt)
+        if length == 0:
             return 0
-        if len({self._resolved_adapter(row.request.adapter) for row in live}) > 1:
-            return 0
-        for row in live[1:]:
-            other = row.request.prompt.features
-            if (
-                other["input_ids"].shape[1] <= length
-                or "video_grid_thw" in other
-                or "image_grid_thw" not in other
-                or not torch.equal(other["input_ids"][:, :length], first.features["input_ids"][:, :length])
-                or not torch.equal(other["image_grid_thw"], first.features["image_grid_thw"])
-                or row.request.prompt.image_digest != first.image_digest
-            ):
+        keys = set()
+        for row in live:
+            prompt = row.request.prompt
+            if not row.request.cache or self._prefix_length(prompt) != length:
                 return 0
-        return length
+            keys.add(self._prefix_key(prompt, length, self._resolved_adapter(row.request.adapter)))
+        return length if len(keys) == 1 else 0
 
     def _continue_rows_from_prefix(
         self, live: list[rows.Row], inputs: dict[str, torch.Tensor], length: int

@@ -135,7 +135,7 @@ class RowSampler(LogitsProcessor):
             for index, config in enumerate(self.configs)
             if not config.do_sample and not self.constraints[index]
         ]
-        self.batched_set = set(self.batched)
+        self.one_by_one = [index for index in range(len(rows)) if index not in self.batched]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = self._penalised(input_ids, scores)
@@ -143,9 +143,8 @@ class RowSampler(LogitsProcessor):
         if self.batched:
             rows = torch.tensor(self.batched, device=scores.device)
             chosen[rows, scores[rows].argmax(dim=-1)] = 0.0
-        for index, config in enumerate(self.configs):
-            if index in self.batched_set:
-                continue
+        for index in self.one_by_one:
+            config = self.configs[index]
             row_ids, row_scores = input_ids[index : index + 1], scores[index : index + 1]
             for processor in [*self.constraints[index], *self.warpers[index]]:
                 row_scores = processor(row_ids, row_scores)
